@@ -1,0 +1,17 @@
+// Used when the build has no CUDA backend (NH_CUDA=OFF, or AUTO without nvcc).
+#include "core/cuda_memory.h"
+
+namespace nh {
+
+namespace {
+[[noreturn]] void no_cuda() {
+  throw Error("this nemotronh was built without CUDA (configure with -DNH_CUDA=ON)");
+}
+}  // namespace
+
+bool cuda_available() { return false; }
+std::shared_ptr<void> cuda_allocate(size_t) { no_cuda(); }
+void cuda_memset_zero(void*, size_t) { no_cuda(); }
+void cuda_copy(void*, Device, const void*, Device, size_t) { no_cuda(); }
+
+}  // namespace nh

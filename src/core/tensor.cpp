@@ -1,0 +1,159 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "core/cuda_memory.h"
+
+namespace nh {
+
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) {
+    if (d < 0) throw Error("shape", "dimension", "a size >= 0", std::to_string(d));
+    n *= d;
+  }
+  return n;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  t.shape_ = shape;
+  t.numel_ = shape_numel(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  const size_t bytes = std::max<size_t>(t.nbytes(), 1);
+  if (device == Device::CPU) {
+    // 64-byte alignment for vector loads; rounded up as aligned_alloc requires.
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    t.storage_ = std::shared_ptr<void>(p, std::free);
+  } else {
+    t.storage_ = cuda_allocate(bytes);
+  }
+  t.data_ = t.storage_.get();
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (device == Device::CPU)
+    std::memset(t.data_, 0, t.nbytes());
+  else
+    cuda_memset_zero(t.data_, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::view(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> keepalive,
+                    Device device) {
+  Tensor t;
+  t.shape_ = shape;
+  t.numel_ = shape_numel(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.storage_ = std::move(keepalive);
+  t.data_ = data;
+  return t;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  if (shape_numel(shape) != numel_)
+    throw Error("reshape", "number of elements", std::to_string(numel_),
+                shape_str(shape) + " with " + std::to_string(shape_numel(shape)));
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::slice0(int64_t begin, int64_t end) const {
+  NH_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0], "slice0 out of range");
+  Tensor t = *this;
+  const int64_t row = shape_[0] ? numel_ / shape_[0] : 0;
+  t.shape_[0] = end - begin;
+  t.numel_ = row * (end - begin);
+  t.data_ = static_cast<char*>(data_) + size_t(begin * row) * dtype_size(dtype_);
+  return t;
+}
+
+Tensor Tensor::clone() const { return to(dtype_); }
+
+Tensor Tensor::to(DType dtype) const {
+  Tensor t = empty(shape_, dtype, device_);
+  t.copy_from(*this);
+  return t;
+}
+
+namespace {
+template <class T>
+void store_all(const Tensor& src, T* dst) {
+  const int64_t n = src.numel();
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(read_float(src, i));
+}
+}  // namespace
+
+double read_float(const Tensor& t, int64_t i) {
+  const void* p = t.raw();
+  switch (t.dtype()) {
+    case DType::F64: return static_cast<const double*>(p)[i];
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::F16: return f16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::BF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::I64: return double(static_cast<const int64_t*>(p)[i]);
+    case DType::I32: return static_cast<const int32_t*>(p)[i];
+    case DType::U8: return static_cast<const uint8_t*>(p)[i];
+  }
+  return 0;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.shape_ != shape_)
+    throw Error("copy", "shape", shape_str(shape_), shape_str(src.shape_));
+  if (device_ != Device::CPU || src.device_ != Device::CPU) {
+    NH_CHECK(src.dtype_ == dtype_, "device copies do not convert dtypes");
+    cuda_copy(data_, device_, src.data_, src.device_, nbytes());
+    return;
+  }
+  if (src.dtype_ == dtype_) {
+    std::memmove(data_, src.data_, nbytes());
+    return;
+  }
+  const int64_t n = numel_;
+  switch (dtype_) {
+    case DType::F64: store_all(src, static_cast<double*>(data_)); break;
+    case DType::F32: store_all(src, static_cast<float*>(data_)); break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i)
+        static_cast<uint16_t*>(data_)[i] = float_to_f16(float(read_float(src, i)));
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i)
+        static_cast<uint16_t*>(data_)[i] = float_to_bf16(float(read_float(src, i)));
+      break;
+    case DType::I64: store_all(src, static_cast<int64_t*>(data_)); break;
+    case DType::I32: store_all(src, static_cast<int32_t*>(data_)); break;
+    case DType::U8: store_all(src, static_cast<uint8_t*>(data_)); break;
+  }
+}
+
+void Tensor::fill(double value) {
+  NH_CHECK(device_ == Device::CPU, "fill is CPU only");
+  Tensor one = Tensor::from(std::vector<double>(size_t(numel_), value), shape_);
+  copy_from(one);
+}
+
+void expect_shape(const Tensor& t, const Shape& shape, const std::string& what) {
+  if (t.shape() != shape) throw Error(what, "shape", shape_str(shape), shape_str(t.shape()));
+}
+
+}  // namespace nh
