@@ -46,7 +46,7 @@ template void linear_forward<double>(const double*, const double*, const double*
                                      int64_t, int64_t);
 template void linear_backward<float>(const float*, const float*, const float*, float*, float*,
                                      float*, int64_t, int64_t, int64_t, bool);
-template void linear_backward<double>(const double*, const double*, const double*, double*,
-                                      double*, double*, int64_t, int64_t, int64_t, bool);
+template void linear_backward<double>(const double*, const double*, const double*, double*, double*,
+                                      double*, int64_t, int64_t, int64_t, bool);
 
 }  // namespace nh::cpu
