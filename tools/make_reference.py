@@ -13,6 +13,10 @@ missing term cannot hide, and time_step_min is set to 0 after init so the
 PyTorch path's dt clamp equals time_step_limit (SPEC §2).
 
 Usage: python3 tools/make_reference.py [--out tests/data/reference] [--only CASE ...]
+       python3 tools/make_reference.py --from-dir MODEL_DIR
+The second form loads an existing model directory (one `nemotronh init` or `save`
+wrote, say) with transformers and writes MODEL_DIR/reference.safetensors, which
+shows that transformers reads what the engine writes and computes the same.
 Needs: torch, transformers (>= 5), safetensors.
 """
 import argparse
@@ -23,7 +27,7 @@ import shutil
 
 import torch
 from safetensors.torch import save_file
-from transformers import Mamba2Config, Mamba2ForCausalLM, NemotronHConfig, NemotronHForCausalLM
+from transformers import AutoModelForCausalLM, Mamba2Config, Mamba2ForCausalLM, NemotronHConfig, NemotronHForCausalLM
 
 NEMOTRON_BASE = dict(
     vocab_size=96,
@@ -116,6 +120,13 @@ def build(kind, overrides, seed):
 def make_case(name, out_dir, seed):
     kind, overrides = CASES[name]
     model = build(kind, overrides, seed)
+    case_dir = os.path.join(out_dir, name)
+    shutil.rmtree(case_dir, ignore_errors=True)
+    model.save_pretrained(case_dir, safe_serialization=True)
+    write_reference(model, case_dir, seed)
+
+
+def write_reference(model, case_dir, seed):
     model.config._attn_implementation = "eager"
     model.train()
     vocab = model.config.vocab_size
@@ -127,10 +138,6 @@ def make_case(name, out_dir, seed):
     labels[1, 7] = -100
     out = model(input_ids=input_ids, labels=labels)
     out.loss.backward()
-
-    case_dir = os.path.join(out_dir, name)
-    shutil.rmtree(case_dir, ignore_errors=True)
-    model.save_pretrained(case_dir, safe_serialization=True)
     tensors = {
         "input_ids": input_ids.to(torch.int64),
         "labels": labels.to(torch.int64),
@@ -142,7 +149,7 @@ def make_case(name, out_dir, seed):
             tensors["grad/" + pname] = p.grad.detach().float().contiguous()
     save_file(tensors, os.path.join(case_dir, "reference.safetensors"))
     size = sum(os.path.getsize(os.path.join(case_dir, f)) for f in os.listdir(case_dir))
-    print(f"{name}: loss {out.loss.item():.6f}, {len(tensors) - 4} gradients, {size / 1024:.0f} KiB")
+    print(f"{os.path.basename(case_dir)}: loss {out.loss.item():.6f}, {len(tensors) - 4} gradients, {size / 1024:.0f} KiB")
 
 
 def main():
@@ -150,8 +157,13 @@ def main():
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                       "data", "reference"))
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--from-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.from_dir:
+        model = AutoModelForCausalLM.from_pretrained(args.from_dir, dtype=torch.float32)
+        write_reference(model, args.from_dir, seed=7)
+        return
     for i, name in enumerate(sorted(CASES)):
         if args.only and name not in args.only:
             continue

@@ -10,7 +10,9 @@ int exit_code() { return g_exit_code; }
 void set_exit_code(int code) { g_exit_code = code; }
 
 void register_commands(CLI::App& app) {
-  (void)app;
+  add_verify(app);
+  add_info(app);
+  add_init(app);
 }
 
 }  // namespace nh::cli

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -23,7 +24,7 @@ void unary(const char* op, const Tensor& x, Tensor& y, F f) {
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
     const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) yp[i] = f(xp[i]);
   });
 }
@@ -39,7 +40,7 @@ void binary(const char* op, const Tensor& x, const Tensor& dy, Tensor& dx, F f) 
     const T* gp = dy.data<T>();
     T* dxp = dx.data<T>();
     const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) dxp[i] = f(xp[i], gp[i]);
   });
 }

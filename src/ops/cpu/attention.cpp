@@ -13,6 +13,7 @@
 #include <limits>
 #include <string>
 #include <vector>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -61,9 +62,6 @@ Documents documents(const Tensor& seq_idx, int64_t batch, int64_t seqlen) {
   }
   return docs;
 }
-
-// Below this many multiply-adds, starting a parallel region costs more than it saves.
-constexpr int64_t kMinParallelWork = 1 << 16;
 
 // Multiply-adds of one pass over the causal score triangle.
 int64_t attention_work(const AttnDims& d) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 #include <vector>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -60,7 +61,7 @@ void causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
     const T* bs = bias.defined() ? bias.data<T>() : nullptr;
     const int32_t* sp = seq_idx.defined() ? seq_idx.data<int32_t>() : nullptr;
     T* yp = y.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (batch * seq_len * channels * kernel >= kMinParallelWork)
     {
       std::vector<double> pre(channels);
 #pragma omp for
@@ -95,7 +96,7 @@ void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& bias
     const int32_t* sp = seq_idx.defined() ? seq_idx.data<int32_t>() : nullptr;
     const T* gp = dy.data<T>();
     std::vector<double> dpre(tokens * channels);
-#pragma omp parallel for
+#pragma omp parallel for if (tokens * channels >= kMinParallelWork)
     for (int64_t bt = 0; bt < tokens; ++bt) {
       double* d = dpre.data() + bt * channels;
       pre_activation(xp, wp, bs, sp, bt / seq_len, bt % seq_len, seq_len, channels, kernel, d);
@@ -109,7 +110,7 @@ void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& bias
     // Token p feeds output t = p + K - 1 - j through tap j, when t is in the row and p in t's
     // document.
     T* dxp = dx.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (tokens * channels * kernel >= kMinParallelWork)
     {
       std::vector<double> acc(channels);
 #pragma omp for
@@ -132,7 +133,7 @@ void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& bias
     T* dbp = dbias.defined() ? dbias.data<T>() : nullptr;
     // Threads own blocks of channels; within a block every sum runs over tokens in order.
     constexpr int64_t block = 16;
-#pragma omp parallel
+#pragma omp parallel if (tokens * channels * kernel >= kMinParallelWork)
     {
       std::vector<double> acc_w(block * kernel), acc_b(block);
 #pragma omp for

@@ -1,6 +1,7 @@
 #include "ops/elementwise.h"
 
 #include <cstring>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -28,7 +29,7 @@ void add_inplace(Tensor& a, const Tensor& b) {
     T* pa = a.data<T>();
     const T* pb = b.data<T>();
     const int64_t n = a.numel();
-#pragma omp parallel for if (n > 65536)
+#pragma omp parallel for if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) pa[i] += pb[i];
   });
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -47,7 +48,7 @@ void embedding_forward(const Tensor& ids, const Tensor& weight, Tensor& out) {
     const int64_t* id = ids.data<int64_t>();
     const T* w = weight.data<T>();
     T* o = out.data<T>();
-#pragma omp parallel for
+#pragma omp parallel for if (n * dim >= kMinParallelWork)
     for (int64_t t = 0; t < n; ++t) std::copy_n(w + id[t] * dim, dim, o + t * dim);
   });
 }
@@ -67,7 +68,7 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dweight) 
     // element then receives its terms in token order, the same on every run.
     constexpr int64_t block = 64;
     const int64_t blocks = (dim + block - 1) / block;
-#pragma omp parallel for
+#pragma omp parallel for if (n * dim >= kMinParallelWork)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t d0 = b * block, d1 = std::min(dim, d0 + block);
       for (int64_t t = 0; t < n; ++t) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -56,7 +57,7 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
     const T* wp = w.data<T>();
     T* yp = y.data<T>();
     T* rp = rstd.data<T>();
-#pragma omp parallel for
+#pragma omp parallel for if (rows * channels >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * channels;
       const T* zr = zp + r * channels;
@@ -98,7 +99,7 @@ void gated_rmsnorm_backward(const Tensor& x, const Tensor& z, const Tensor& w, i
     T* dxp = dx.data<T>();
     T* dzp = dz.data<T>();
     T* dwp = dw.data<T>();
-#pragma omp parallel for
+#pragma omp parallel for if (rows * channels >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t j = 0; j < groups; ++j) {
         const int64_t base = r * channels + j * group_size;
@@ -125,7 +126,7 @@ void gated_rmsnorm_backward(const Tensor& x, const Tensor& z, const Tensor& w, i
     // Threads own blocks of columns, so each dw element sums its rows in order: the result does
     // not depend on the thread count.
     constexpr int64_t block = 64;
-#pragma omp parallel for
+#pragma omp parallel for if (rows * channels >= kMinParallelWork)
     for (int64_t c0 = 0; c0 < channels; c0 += block) {
       const int64_t width = std::min(block, channels - c0);
       double acc[block] = {};

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -76,7 +77,7 @@ LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& lab
       T* lg = logits.defined() ? logits.data<T>() + r0 * d.vocab : buffer.data();
       gemm<T>(false, true, n, d.vocab, d.dim, T(1), hp + r0 * d.dim, d.dim, wp, d.dim, T(0), lg,
               d.vocab);
-#pragma omp parallel for
+#pragma omp parallel for if (n * d.vocab >= kMinParallelWork)
       for (int64_t i = 0; i < n; ++i) {
         const int64_t label = lp[r0 + i];
         const T* row = lg + i * d.vocab;
@@ -123,7 +124,7 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
       T* g = grad.data();
       gemm<T>(false, true, n, d.vocab, d.dim, T(1), hp + r0 * d.dim, d.dim, wp, d.dim, T(0), g,
               d.vocab);
-#pragma omp parallel for
+#pragma omp parallel for if (n * d.vocab >= kMinParallelWork)
       for (int64_t i = 0; i < n; ++i) {
         const int64_t label = lp[r0 + i];
         T* row = g + i * d.vocab;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -64,7 +65,7 @@ void route_forward(const T* u, const T* gate_w, const std::vector<T>& bias, int6
   gemm<T>(false, true, n_tokens, n_experts, dim, T(1), u, dim, gate_w, dim, T(0), scores,
           n_experts);
   const int64_t k = cfg.top_k;
-#pragma omp parallel
+#pragma omp parallel if (n_tokens * n_experts >= kMinParallelWork)
   {
     std::vector<T> choice(n_experts), group_score(cfg.n_group);
     std::vector<int64_t> group_order(cfg.n_group), order(n_experts);
@@ -99,7 +100,7 @@ void route_backward(const T* u, const T* gate_w, const int64_t* topk_idx, const 
   const double scale = cfg.routed_scaling_factor;
   // dlogits is zero at the experts a token did not choose: the selection passes no gradient.
   std::vector<T> dlogits(size_t(n_tokens * n_experts), T(0));
-#pragma omp parallel for
+#pragma omp parallel for if (n_tokens * n_experts >= kMinParallelWork)
   for (int64_t t = 0; t < n_tokens; ++t) {
     const int64_t* idx = topk_idx + t * k;
     const T* s = scores + t * n_experts;
@@ -172,14 +173,14 @@ void build_permutation(const int64_t* topk_idx, int64_t n_entries, int64_t n_exp
 template <class T>
 void gather_rows(const T* src, const int64_t* row_source, int64_t n_rows, int64_t k, int64_t dim,
                  T* rows) {
-#pragma omp parallel for
+#pragma omp parallel for if (n_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < n_rows; ++r)
     std::copy_n(src + (row_source[r] / k) * dim, dim, rows + r * dim);
 }
 
 template <class T>
 void relu2(const T* pre, int64_t n, T* act) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > T(0) ? pre[i] * pre[i] : T(0);
 }
 
@@ -202,7 +203,7 @@ void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, co
     gemm<T>(false, true, m, s.dim, s.inter, T(1), act.data() + r0 * s.inter, s.inter,
             down + e * s.dim * s.inter, s.inter, T(0), rows.data() + r0 * s.dim, s.dim);
   }
-#pragma omp parallel for
+#pragma omp parallel for if (s.n_tokens * s.dim >= kMinParallelWork)
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     T* o = out + t * s.dim;
     std::fill_n(o, s.dim, T(0));
@@ -233,7 +234,7 @@ void experts_backward(const T* h, const T* up, const T* down, const T* topk_w,
   }
   // dtopk_w = dout · (down[e] · act) = dact · act. Then act becomes w·act (for ddown) and dact
   // becomes the gradient of the pre-activation, w·dact·2·relu(pre) (for dup and dh).
-#pragma omp parallel for
+#pragma omp parallel for if (n_rows * s.inter >= kMinParallelWork)
   for (int64_t r = 0; r < n_rows; ++r) {
     T* a = act.data() + r * s.inter;
     T* g = dact.data() + r * s.inter;
@@ -258,7 +259,7 @@ void experts_backward(const T* h, const T* up, const T* down, const T* topk_w,
     gemm<T>(false, false, m, s.dim, s.inter, T(1), dact.data() + r0 * s.inter, s.inter,
             up + e * s.inter * s.dim, s.dim, T(0), drows.data() + r0 * s.dim, s.dim);
   }
-#pragma omp parallel for
+#pragma omp parallel for if (s.n_tokens * s.dim >= kMinParallelWork)
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     T* g = dh + t * s.dim;
     std::fill_n(g, s.dim, T(0));

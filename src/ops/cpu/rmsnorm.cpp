@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -43,7 +44,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
     const T* wp = w.data<T>();
     T* yp = y.data<T>();
     T* rp = rstd.data<T>();
-#pragma omp parallel for
+#pragma omp parallel for if (rows * dim >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       double ss = 0;
@@ -73,7 +74,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
     const T* gp = dy.data<T>();
     T* dxp = dx.data<T>();
     T* dwp = dw.data<T>();
-#pragma omp parallel for
+#pragma omp parallel for if (rows * dim >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = xp + r * dim;
       const T* gr = gp + r * dim;
@@ -88,7 +89,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
     // Threads own blocks of columns, so each dw element sums its rows in order: the result does
     // not depend on the thread count.
     constexpr int64_t block = 64;
-#pragma omp parallel for
+#pragma omp parallel for if (rows * dim >= kMinParallelWork)
     for (int64_t d0 = 0; d0 < dim; d0 += block) {
       const int64_t width = std::min(block, dim - d0);
       double acc[block] = {};

@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
 
@@ -54,10 +55,6 @@ SsdDims check_ssd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
                   dtype_name(t->dtype()));
   return d;
 }
-
-// Below this many multiply-adds, starting a parallel region costs more than it saves (the tiny
-// shapes of tests and of single-token decoding).
-constexpr int64_t kMinParallelWork = 1 << 16;
 
 // Multiply-adds of one chunked pass: per token, a row of the chunk mask and a state product.
 int64_t ssd_work(const SsdDims& s, int64_t chunk_size) {

@@ -1,0 +1,124 @@
+// nemotronh verify: checks that this engine computes what transformers computes on a
+// checkpoint, against a reference file made by tools/make_reference.py (or any file with
+// input_ids, labels, logits, loss and grad/<parameter name> tensors).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+
+namespace nh::cli {
+
+namespace {
+
+struct Options {
+  std::string model, reference, device = "cpu";
+  double rtol = 1e-4, grad_rtol = 1e-3;
+};
+
+struct Diff {
+  double max_abs = 0, rel = 0;
+};
+
+Diff compare(const Tensor& got, const Tensor& want) {
+  double num = 0, den = 0;
+  Diff d;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double a = read_float(got, i), b = read_float(want, i);
+    d.max_abs = std::max(d.max_abs, std::fabs(a - b));
+    num += (a - b) * (a - b);
+    den += b * b;
+  }
+  d.rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  if (std::isnan(num)) d.rel = d.max_abs = NAN;
+  return d;
+}
+
+// The engine's gradient for a reference name such as `model.layers.3.mixer.in_proj.weight`
+// or the per-expert `backbone.layers.1.mixer.experts.4.up_proj.weight`.
+Tensor find_grad(Model& m, const std::string& hf_name, const std::string& where) {
+  const std::string c = canonical_name(hf_name);
+  if (m.grads().has(c)) return m.grads().at(c);
+  if (c == "lm_head.weight" && m.tied_head()) return m.grads().at("embeddings.weight");
+  const auto pos = c.find(".experts.");
+  if (pos != std::string::npos && c.ends_with(".weight")) {
+    const std::string rest = c.substr(pos + 9);  // "<j>.up_proj.weight"
+    const auto dot = rest.find('.');
+    const std::string fused = c.substr(0, pos + 9) + rest.substr(dot + 1, rest.size() - dot - 8);
+    if (dot != std::string::npos && m.grads().has(fused)) {
+      const Tensor& g = m.grads().at(fused);
+      const int64_t j = std::stoll(rest.substr(0, dot));
+      if (j >= 0 && j < g.size(0)) return g.slice0(j, j + 1).reshape({g.size(1), g.size(2)});
+    }
+  }
+  throw Error(where, "grad/" + hf_name, "the name of a parameter of the model", "no such parameter");
+}
+
+int run(const Options& o) {
+  if (o.device != "cpu") throw Error("--device", "value", "cpu", o.device);
+  Model model = Model::load(o.model);
+  SafetensorsFile ref(o.reference);
+  for (const char* name : {"input_ids", "labels", "logits", "loss"})
+    if (!ref.has(name)) throw Error(o.reference, name, "a tensor of this name", "none");
+  const Tensor ids = ref.get("input_ids").to(DType::I64);
+  const Tensor labels = ref.get("labels").to(DType::I64);
+  if (labels.shape() != ids.shape())
+    throw Error(o.reference, "labels", "shape " + shape_str(ids.shape()), shape_str(labels.shape()));
+  const int64_t t = ids.numel(), v = model.config().vocab_size;
+  const Tensor want_logits = ref.get("logits");
+  if (want_logits.numel() != t * v)
+    throw Error(o.reference, "logits", "shape [B, S, " + std::to_string(v) + "]",
+                shape_str(want_logits.shape()));
+
+  Tensor logits = Tensor::empty({t, v}, DType::F32), none;
+  const auto start = std::chrono::steady_clock::now();
+  const LossSum loss = model.forward(ids, shift_labels(labels), none, logits);
+  model.backward(loss.count ? 1.0 / double(loss.count) : 0.0);
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const double mean_loss = loss.count ? loss.sum / double(loss.count) : 0.0;
+
+  int failed = 0, checked = 0;
+  auto report = [&](const std::string& name, const Diff& d, double tol) {
+    const bool ok = d.rel <= tol;
+    failed += !ok;
+    ++checked;
+    std::printf("%-60s max_abs %.3e  rel %.3e  %s\n", name.c_str(), d.max_abs, d.rel,
+                ok ? "ok" : "FAIL");
+  };
+  report("logits", compare(logits, want_logits), o.rtol);
+  report("loss", compare(Tensor::from(std::vector<double>{mean_loss}, {1}), ref.get("loss")),
+         o.rtol);
+  for (const auto& name : ref.names()) {
+    if (!name.starts_with("grad/")) continue;
+    const Tensor want = ref.get(name);
+    const Tensor got = find_grad(model, name.substr(5), o.reference);
+    if (got.numel() != want.numel())
+      throw Error(o.reference, name, "shape " + shape_str(got.shape()), shape_str(want.shape()));
+    report(name, compare(got, want), o.grad_rtol);
+  }
+  std::printf("%d of %d tensors within tolerance (rtol %.1e, gradients %.1e); forward+backward "
+              "of %lld tokens took %.1f ms\n",
+              checked - failed, checked, o.rtol, o.grad_rtol, (long long)t, ms);
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+void add_verify(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand(
+      "verify", "Check forward and backward against reference tensors from transformers");
+  cmd->add_option("--model", o->model, "HF model directory")->required();
+  cmd->add_option("--reference", o->reference, "safetensors file with input_ids, labels, logits, "
+                                               "loss and grad/<name> tensors")
+      ->required();
+  cmd->add_option("--device", o->device, "cpu (cuda when built with CUDA)");
+  cmd->add_option("--rtol", o->rtol, "tolerance of ‖a−b‖/‖b‖ for logits and loss");
+  cmd->add_option("--grad-rtol", o->grad_rtol, "tolerance of ‖a−b‖/‖b‖ for gradients");
+  cmd->callback([o] { set_exit_code(run(*o)); });
+}
+
+}  // namespace nh::cli

@@ -1,0 +1,27 @@
+#include "model/mixer.h"
+
+#include "model/attention_mixer.h"
+#include "model/mamba_mixer.h"
+#include "model/mlp_mixer.h"
+#include "model/moe_mixer.h"
+#include "ops/linear.h"
+
+namespace nh {
+
+void Linear::forward(const Tensor& x, Tensor& y) const { linear_forward(x, w, b, y); }
+
+void Linear::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  linear_backward(x, w, dy, dx, dw, db);
+}
+
+std::unique_ptr<Mixer> make_mixer(LayerKind kind, const ModelConfig& config, const LayerParams& p) {
+  switch (kind) {
+    case LayerKind::Mamba: return std::make_unique<MambaMixer>(config, p);
+    case LayerKind::Attention: return std::make_unique<AttentionMixer>(config, p);
+    case LayerKind::Mlp: return std::make_unique<MlpMixer>(config, p, "", config.intermediate_size);
+    case LayerKind::Moe: return std::make_unique<MoeMixer>(config, p);
+  }
+  throw Error("unknown layer kind");
+}
+
+}  // namespace nh

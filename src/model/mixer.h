@@ -1,0 +1,69 @@
+// The interface every layer kind implements (SPEC §1: one mixer per layer).
+// A mixer keeps the activations its backward needs from the last forward, so
+// one micro-batch at a time flows forward and then backward (the llm.c way).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace nh {
+
+// The layout of a micro-batch of T = B·S tokens.
+struct Batch {
+  int64_t batch = 0;   // B rows
+  int64_t seq = 0;     // S tokens per row
+  Tensor seq_idx;      // I32 [B, S] document index per token, or undefined (one per row)
+  int64_t tokens() const { return batch * seq; }
+};
+
+class Mixer {
+ public:
+  virtual ~Mixer() = default;
+  // u [T, D] (the normalised residual stream) -> out [T, D].
+  virtual void forward(const Tensor& u, const Batch& batch, Tensor& out) = 0;
+  // dout [T, D] -> du [T, D] overwritten; parameter gradients accumulated into the grads set.
+  virtual void backward(const Tensor& dout, Tensor& du) = 0;
+};
+
+// Looks up a layer's parameters and gradients by their name under `prefix`
+// (`layers.3.mixer.`). Optional parameters (biases) come back undefined.
+class LayerParams {
+ public:
+  LayerParams(ParamSet& params, ParamSet& grads, std::string prefix)
+      : params_(params), grads_(grads), prefix_(std::move(prefix)) {}
+  Tensor param(const std::string& name) const { return params_.at(prefix_ + name); }
+  Tensor grad(const std::string& name) const { return grads_.at(prefix_ + name); }
+  Tensor optional_param(const std::string& name) const {
+    return params_.has(prefix_ + name) ? params_.at(prefix_ + name) : Tensor();
+  }
+  Tensor optional_grad(const std::string& name) const {
+    return grads_.has(prefix_ + name) ? grads_.at(prefix_ + name) : Tensor();
+  }
+
+ private:
+  ParamSet& params_;
+  ParamSet& grads_;
+  std::string prefix_;
+};
+
+// A linear layer's weight, optional bias and their gradients.
+struct Linear {
+  Tensor w, b, dw, db;
+  Linear() = default;
+  Linear(const LayerParams& p, const std::string& name)
+      : w(p.param(name + ".weight")),
+        b(p.optional_param(name + ".bias")),
+        dw(p.grad(name + ".weight")),
+        db(p.optional_grad(name + ".bias")) {}
+  int64_t out_features() const { return w.size(0); }
+  void forward(const Tensor& x, Tensor& y) const;
+  void backward(const Tensor& x, const Tensor& dy, Tensor& dx);
+};
+
+std::unique_ptr<Mixer> make_mixer(LayerKind kind, const ModelConfig& config, const LayerParams& p);
+
+}  // namespace nh

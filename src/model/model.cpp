@@ -1,0 +1,147 @@
+#include "model/model.h"
+
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "model/init.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/rmsnorm.h"
+
+namespace nh {
+
+namespace fs = std::filesystem;
+
+Model::Model(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  // Gradients for trainable parameters only (the correction bias is a buffer).
+  for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases))
+    if (spec.trainable) {
+      const Tensor& p = weights_.params.at(spec.name);
+      grads_.add(spec.name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
+    }
+  for (size_t l = 0; l < config_.layers.size(); ++l) {
+    LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.");
+    mixers_.push_back(make_mixer(config_.layers[l], config_, p));
+  }
+}
+
+Model Model::load(const std::string& dir, DType dtype) {
+  ModelConfig config = load_config(dir);
+  WeightSet files(dir);
+  Model m(config, load_model_weights(config, files, dir, dtype));
+  m.source_dir_ = dir;
+  return m;
+}
+
+Model Model::init(const ModelConfig& config, uint64_t seed, DType save_dtype) {
+  ModelWeights w;
+  w.tied_head = config.tie_word_embeddings;
+  for (const auto& spec : param_specs(config, w.tied_head, false)) {
+    w.params.add(spec.name, init_parameter(config, spec, seed));
+    w.file_dtype[spec.name] = spec.name.ends_with("e_score_correction_bias") ? DType::F32 : save_dtype;
+  }
+  return Model(config, std::move(w));
+}
+
+void Model::save(const std::string& dir) const {
+  fs::create_directories(dir);
+  write_weights(dir, hf_tensors(config_, weights_));
+  write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_json(config_).dump(2) + "\n");
+  // The tokenizer and generation settings travel with the weights.
+  if (!source_dir_.empty() && fs::path(source_dir_) != fs::path(dir))
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "generation_config.json"}) {
+      const fs::path src = fs::path(source_dir_) / f;
+      if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / f, fs::copy_options::overwrite_existing);
+    }
+}
+
+const Tensor& Model::head_weight() const {
+  return weights_.params.at(weights_.tied_head ? "embeddings.weight" : "lm_head.weight");
+}
+
+LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& seq_idx,
+                       Tensor& logits) {
+  if (ids.dtype() != DType::I64 || ids.ndim() != 2)
+    throw Error("input_ids", "shape", "I64 [B, S]", std::string(dtype_name(ids.dtype())) + " " +
+                                                         shape_str(ids.shape()));
+  const Tensor& emb = weights_.params.at("embeddings.weight");
+  const DType dt = emb.dtype();
+  const Device dev = emb.device();
+  const int64_t d = config_.hidden_size;
+  batch_ = Batch{ids.size(0), ids.size(1), seq_idx};
+  ids_ = ids;
+  targets_ = targets;
+  const int64_t t = batch_.tokens();
+
+  Tensor h = Tensor::empty({t, d}, dt, dev);
+  embedding_forward(ids, emb, h);
+  const size_t n = mixers_.size();
+  resid_.assign(n, Tensor());
+  normed_.assign(n, Tensor());
+  rstd_.assign(n, Tensor());
+  for (size_t l = 0; l < n; ++l) {
+    resid_[l] = h.clone();
+    normed_[l] = Tensor::empty({t, d}, dt, dev);
+    rstd_[l] = Tensor::empty({t}, dt, dev);
+    rmsnorm_forward(h, weights_.params.at("layers." + std::to_string(l) + ".norm.weight"),
+                    config_.layer_norm_epsilon, normed_[l], rstd_[l]);
+    Tensor out = Tensor::empty({t, d}, dt, dev);
+    mixers_[l]->forward(normed_[l], batch_, out);
+    add_inplace(h, out);
+  }
+  final_in_ = h;
+  final_normed_ = Tensor::empty({t, d}, dt, dev);
+  final_rstd_ = Tensor::empty({t}, dt, dev);
+  rmsnorm_forward(h, weights_.params.at("norm_f.weight"), config_.layer_norm_epsilon,
+                  final_normed_, final_rstd_);
+  Tensor labels = targets.defined() ? targets.reshape({t}) : Tensor::zeros({t}, DType::I64);
+  if (!targets.defined()) labels.fill(-100);
+  return lm_head_loss_forward(final_normed_, head_weight(), labels, logits);
+}
+
+void Model::backward(double grad_scale) {
+  NH_CHECK(targets_.defined() && final_in_.defined(), "backward needs a forward with targets");
+  const Tensor& emb = weights_.params.at("embeddings.weight");
+  const DType dt = emb.dtype();
+  const Device dev = emb.device();
+  const int64_t t = batch_.tokens(), d = config_.hidden_size;
+
+  Tensor dfinal = Tensor::empty({t, d}, dt, dev);
+  Tensor dhead = grads_.at(weights_.tied_head ? "embeddings.weight" : "lm_head.weight");
+  lm_head_loss_backward(final_normed_, head_weight(), targets_.reshape({t}), grad_scale, dfinal,
+                        dhead);
+  Tensor dh = Tensor::empty({t, d}, dt, dev);
+  Tensor dnorm_f = grads_.at("norm_f.weight");
+  rmsnorm_backward(final_in_, weights_.params.at("norm_f.weight"), final_rstd_, dfinal, dh,
+                   dnorm_f);
+
+  Tensor dnormed = Tensor::empty({t, d}, dt, dev), dx = Tensor::empty({t, d}, dt, dev);
+  for (size_t l = mixers_.size(); l-- > 0;) {
+    const std::string norm = "layers." + std::to_string(l) + ".norm.weight";
+    mixers_[l]->backward(dh, dnormed);
+    Tensor dnorm_w = grads_.at(norm);
+    rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed, dx, dnorm_w);
+    add_inplace(dh, dx);
+    resid_[l] = normed_[l] = rstd_[l] = Tensor();
+  }
+  Tensor demb = grads_.at("embeddings.weight");
+  embedding_backward(ids_, dh, demb);
+  final_in_ = final_normed_ = final_rstd_ = Tensor();
+}
+
+Tensor shift_labels(const Tensor& labels) {
+  if (labels.dtype() != DType::I64 || labels.ndim() != 2)
+    throw Error("labels", "shape", "I64 [B, S]",
+                std::string(dtype_name(labels.dtype())) + " " + shape_str(labels.shape()));
+  const int64_t b = labels.size(0), s = labels.size(1);
+  Tensor out = Tensor::empty({b, s}, DType::I64);
+  const int64_t* in = labels.data<int64_t>();
+  int64_t* o = out.data<int64_t>();
+  for (int64_t r = 0; r < b; ++r)
+    for (int64_t i = 0; i < s; ++i) o[r * s + i] = i + 1 < s ? in[r * s + i + 1] : -100;
+  return out;
+}
+
+}  // namespace nh

@@ -1,0 +1,60 @@
+// The Nemotron-H / Mamba-2 language model (SPEC §1): embedding, a stack of pre-norm
+// residual layers (one mixer each), final RMSNorm, LM head and the causal-LM loss.
+// Forward keeps the activations one backward needs; backward accumulates gradients.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/mixer.h"
+#include "model/weight_names.h"
+#include "ops/lm_head_loss.h"
+
+namespace nh {
+
+class Model {
+ public:
+  // Loads config.json and the safetensors weights of an HF directory.
+  static Model load(const std::string& dir, DType dtype = DType::F32);
+  // A freshly initialised model (SPEC §8); `save_dtype` is the dtype written on save.
+  static Model init(const ModelConfig& config, uint64_t seed, DType save_dtype = DType::F32);
+  // Writes an HF directory (config.json + weights) that transformers loads; files are
+  // written to temporary names and renamed.
+  void save(const std::string& dir) const;
+
+  const ModelConfig& config() const { return config_; }
+  ParamSet& params() { return weights_.params; }
+  ParamSet& grads() { return grads_; }
+  const ModelWeights& weights() const { return weights_; }
+  bool tied_head() const { return weights_.tied_head; }
+
+  // ids I64 [B, S]; targets I64 [B, S] aligned (target of position t, -100 ignored) or
+  // undefined; seq_idx I32 [B, S] or undefined. Writes logits [B·S, V] when defined.
+  LossSum forward(const Tensor& ids, const Tensor& targets, const Tensor& seq_idx,
+                  Tensor& logits);
+  // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
+  void backward(double grad_scale);
+
+ private:
+  Model(ModelConfig config, ModelWeights weights);
+  const Tensor& head_weight() const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  ParamSet grads_;
+  std::string source_dir_;
+  std::vector<std::unique_ptr<Mixer>> mixers_;
+  // Saved activations: residual input, its norm and 1/rms per layer; the final stream.
+  Batch batch_;
+  Tensor ids_, targets_;
+  std::vector<Tensor> resid_, normed_, rstd_;
+  Tensor final_in_, final_normed_, final_rstd_;
+};
+
+// transformers' labels are unshifted: position t is trained to predict labels[t + 1].
+// Returns those aligned targets, I64 [B, S], with -100 at each row's last position.
+Tensor shift_labels(const Tensor& labels);
+
+}  // namespace nh

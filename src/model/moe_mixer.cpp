@@ -1,0 +1,78 @@
+#include "model/moe_mixer.h"
+
+#include "ops/elementwise.h"
+
+namespace nh {
+
+MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
+    : route_{c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
+             c.routed_scaling_factor},
+      latent_(c.moe_latent_size > 0),
+      gate_w_(p.param("gate.weight")),
+      dgate_w_(p.grad("gate.weight")),
+      correction_bias_(p.param("gate.e_score_correction_bias")),
+      up_(p.param("experts.up_proj")),
+      dup_(p.grad("experts.up_proj")),
+      down_(p.param("experts.down_proj")),
+      ddown_(p.grad("experts.down_proj")),
+      shared_(c, p, "shared_experts.", c.moe_shared_expert_intermediate_size) {
+  moe_check_route_config(route_, c.n_routed_experts);
+  if (latent_) {
+    fc1_ = Linear(p, "fc1_latent_proj");
+    fc2_ = Linear(p, "fc2_latent_proj");
+  }
+}
+
+void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
+  const int64_t t = u.size(0), k = route_.top_k, e = up_.size(0), din = up_.size(2);
+  const DType dt = u.dtype();
+  const Device dev = u.device();
+  u_ = u;
+  topk_idx_ = Tensor::empty({t, k}, DType::I64, dev);
+  topk_w_ = Tensor::empty({t, k}, dt, dev);
+  scores_ = Tensor::empty({t, e}, dt, dev);
+  moe_route_forward(u, gate_w_, correction_bias_, route_, topk_idx_, topk_w_, scores_);
+
+  h_ = u;
+  if (latent_) {
+    h_ = Tensor::empty({t, din}, dt, dev);
+    fc1_.forward(u, h_);
+  }
+  routed_ = Tensor::empty({t, din}, dt, dev);
+  moe_experts_forward(h_, up_, down_, topk_idx_, topk_w_, routed_, cache_);
+  load_ = Tensor::empty({e}, DType::I64, dev);
+  moe_expert_load(topk_idx_, load_);
+
+  if (latent_)
+    fc2_.forward(routed_, out);
+  else
+    out.copy_from(routed_);
+  Tensor shared_out = Tensor::empty(out.shape(), dt, dev);
+  shared_.forward(u, batch, shared_out);
+  add_inplace(out, shared_out);
+}
+
+void MoeMixer::backward(const Tensor& dout, Tensor& du) {
+  const DType dt = dout.dtype();
+  const Device dev = dout.device();
+  Tensor drouted = dout;
+  if (latent_) {
+    drouted = Tensor::empty(routed_.shape(), dt, dev);
+    fc2_.backward(routed_, dout, drouted);
+  }
+  Tensor dh = Tensor::empty(h_.shape(), dt, dev), dtopk_w = Tensor::empty(topk_w_.shape(), dt, dev);
+  moe_experts_backward(h_, up_, down_, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
+                       dtopk_w);
+  if (latent_)
+    fc1_.backward(u_, dh, du);
+  else
+    du.copy_from(dh);
+  moe_route_backward(u_, gate_w_, topk_idx_, scores_, route_, dtopk_w, du, dgate_w_);
+  Tensor dshared = Tensor::empty(du.shape(), dt, dev);
+  shared_.backward(dout, dshared);
+  add_inplace(du, dshared);
+  u_ = topk_idx_ = topk_w_ = scores_ = h_ = routed_ = Tensor();
+  cache_ = MoeExpertsCache();
+}
+
+}  // namespace nh

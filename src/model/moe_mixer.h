@@ -1,0 +1,31 @@
+// Mixture-of-experts mixer (`E`, SPEC §5): sigmoid router with correction bias and
+// group-limited top-k, optional latent projections around the routed experts, and a
+// shared expert on the layer input.
+#pragma once
+
+#include "model/mixer.h"
+#include "model/mlp_mixer.h"
+#include "ops/moe.h"
+
+namespace nh {
+
+class MoeMixer : public Mixer {
+ public:
+  MoeMixer(const ModelConfig& config, const LayerParams& p);
+  void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
+  void backward(const Tensor& dout, Tensor& du) override;
+  // Routed (token, slot) pairs per expert in the last forward, I64 [E].
+  const Tensor& expert_load() const { return load_; }
+
+ private:
+  MoeRouteConfig route_;
+  bool latent_;
+  Tensor gate_w_, dgate_w_, correction_bias_, up_, dup_, down_, ddown_;
+  Linear fc1_, fc2_;
+  MlpMixer shared_;
+  // Saved by forward for backward.
+  Tensor u_, topk_idx_, topk_w_, scores_, h_, routed_, load_;
+  MoeExpertsCache cache_;
+};
+
+}  // namespace nh
