@@ -22,7 +22,8 @@ int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
   for (int64_t d : s) {
     if (d < 0) throw Error("shape", "dimension", "a size >= 0", std::to_string(d));
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n))
+      throw Error("shape", "number of elements", "at most 2^63 - 1", shape_str(s));
   }
   return n;
 }

@@ -1,5 +1,6 @@
 #include "model/memory_estimate.h"
 
+#include "core/error.h"
 #include "model/params.h"
 
 namespace nh {
@@ -26,7 +27,8 @@ ParameterCount count_parameters(const ModelConfig& c) {
   for (const auto& spec : param_specs(c, c.tie_word_embeddings)) {
     if (!spec.trainable) continue;
     const int64_t n = shape_numel(spec.shape);
-    out.total += n;
+    if (__builtin_add_overflow(out.total, n, &out.total))
+      throw Error("config", "parameter count", "at most 2^63 - 1", "more");
     out.by_kind[kind_of(spec.name, c)] += n;
     // Only top-k of the routed experts run for a token.
     if (spec.name.find(".experts.") != std::string::npos)

@@ -9,6 +9,9 @@
 
 namespace nh {
 
+// Trainable parameters as transformers' num_parameters() counts them: weights, biases,
+// A_log / D / dt_bias and norms; not buffers (the router's correction bias), not MTP layers,
+// a tied head once. Derived from param_specs(), the table the model itself is built from.
 struct ParameterCount {
   int64_t total = 0;
   std::map<std::string, int64_t> by_kind;  // "embedding", "mamba", "attention", "mlp", "moe",
