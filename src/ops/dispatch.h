@@ -1,29 +1,34 @@
 // How an op picks its backend: by the device of its first tensor. Every op
 // header declares the same functions in nh::cpu and nh::cuda and forwards to
-// one of them with NH_DISPATCH. Inside the CPU backend, with_float_type runs a
-// templated body for float or double tensors (double is for gradient checks).
+// one of them with NH_DISPATCH (NH_DISPATCH_RETURN for ops that return a value).
+// Inside the CPU backend, with_float_type runs a templated body for float or
+// double tensors (double is for gradient checks).
+//
+// NH_HAVE_CUDA_OPS is defined by the build when the CUDA op kernels
+// (src/ops/cuda/*.cu) are compiled in; without them an op on a CUDA tensor is
+// an Error saying so.
 #pragma once
 
 #include "core/error.h"
 #include "core/tensor.h"
 
-#ifndef NH_HAVE_CUDA
-#define NH_HAVE_CUDA 0
+#ifndef NH_HAVE_CUDA_OPS
+#define NH_HAVE_CUDA_OPS 0
 #endif
 
-#if NH_HAVE_CUDA
-#define NH_DISPATCH(device, call)                 \
-  do {                                            \
-    if ((device) == ::nh::Device::CPU) cpu::call; \
-    else cuda::call;                              \
-  } while (0)
+#if NH_HAVE_CUDA_OPS
+#define NH_DISPATCH_RETURN(device, call) \
+  return (device) == ::nh::Device::CPU ? cpu::call : cuda::call
 #else
-#define NH_DISPATCH(device, call)                                                   \
-  do {                                                                              \
-    if ((device) == ::nh::Device::CPU) cpu::call;                                   \
-    else throw ::nh::Error("this nemotronh was built without CUDA (NH_CUDA=OFF)"); \
+#define NH_DISPATCH_RETURN(device, call)                                                   \
+  do {                                                                                     \
+    if ((device) != ::nh::Device::CPU)                                                     \
+      throw ::nh::Error("this nemotronh has no CUDA kernels for its ops (built with "      \
+                        "NH_CUDA=OFF, or before the CUDA backend): use --device cpu");     \
+    return cpu::call;                                                                      \
   } while (0)
 #endif
+#define NH_DISPATCH(device, call) NH_DISPATCH_RETURN(device, call)
 
 namespace nh {
 

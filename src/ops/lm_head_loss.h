@@ -33,12 +33,7 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
 
 inline LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& labels,
                                     Tensor& logits) {
-  if (h.device() == Device::CPU) return cpu::lm_head_loss_forward(h, w, labels, logits);
-#if NH_HAVE_CUDA
-  return cuda::lm_head_loss_forward(h, w, labels, logits);
-#else
-  throw Error("this nemotronh was built without CUDA (NH_CUDA=OFF)");
-#endif
+  NH_DISPATCH_RETURN(h.device(), lm_head_loss_forward(h, w, labels, logits));
 }
 inline void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                                   double grad_scale, Tensor& dh, Tensor& dw) {

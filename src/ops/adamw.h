@@ -1,0 +1,37 @@
+// AdamW with decoupled weight decay (Loshchilov & Hutter), one fused pass per tensor, and the
+// squared norm used for global-norm clipping. fp32 master weights and moments.
+//   g = grad · grad_scale                      (1/tokens for the mean loss, times the clip factor)
+//   m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
+//   w = w − lr·( m/(1−β1^t) / (sqrt(v/(1−β2^t)) + eps) + weight_decay·w )
+// param, m, v: F32 (or F64) of one shape; grad: the same shape, any float dtype the backend reads.
+#pragma once
+
+#include "ops/dispatch.h"
+
+namespace nh {
+
+struct AdamWStep {
+  double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
+  int64_t step = 1;  // 1-based, for the bias corrections
+  double grad_scale = 1;
+};
+
+namespace cpu {
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+double sum_of_squares(const Tensor& t);
+}  // namespace cpu
+namespace cuda {
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+double sum_of_squares(const Tensor& t);
+}  // namespace cuda
+
+inline void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                       const AdamWStep& s) {
+  NH_DISPATCH(param.device(), adamw_step(param, grad, m, v, s));
+}
+// Σ t², accumulated in double, in a fixed order (the same result on every run).
+inline double sum_of_squares(const Tensor& t) {
+  NH_DISPATCH_RETURN(t.device(), sum_of_squares(t));
+}
+
+}  // namespace nh
