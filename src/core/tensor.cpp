@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -7,6 +8,24 @@
 #include "core/cuda_memory.h"
 
 namespace nh {
+
+namespace {
+std::atomic<int64_t> g_host_current{0}, g_host_peak{0};
+
+void* host_allocate(size_t bytes) {
+  // 64-byte alignment for vector loads; rounded up as aligned_alloc requires.
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+  const int64_t now = g_host_current += int64_t(bytes);
+  int64_t peak = g_host_peak.load();
+  while (now > peak && !g_host_peak.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+}  // namespace
+
+HostMemoryStats host_memory_stats() { return {g_host_current.load(), g_host_peak.load()}; }
+void reset_host_memory_peak() { g_host_peak = g_host_current.load(); }
 
 const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
@@ -36,10 +55,10 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   t.device_ = device;
   const size_t bytes = std::max<size_t>(t.nbytes(), 1);
   if (device == Device::CPU) {
-    // 64-byte alignment for vector loads; rounded up as aligned_alloc requires.
-    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
-    t.storage_ = std::shared_ptr<void>(p, std::free);
+    t.storage_ = std::shared_ptr<void>(host_allocate(bytes), [bytes](void* q) {
+      g_host_current -= int64_t(bytes);
+      std::free(q);
+    });
   } else {
     t.storage_ = cuda_allocate(bytes);
   }

@@ -95,6 +95,14 @@ Tensor Tensor::from(const std::vector<T>& values, const Shape& shape) {
   return t;
 }
 
+// Bytes of host memory held by tensors now, and the most held since the last reset (for
+// measuring what activation recomputation saves).
+struct HostMemoryStats {
+  int64_t current = 0, peak = 0;
+};
+HostMemoryStats host_memory_stats();
+void reset_host_memory_peak();
+
 // Reads element i of a float tensor of any float dtype as double (CPU).
 double read_float(const Tensor& t, int64_t i);
 // Throws an Error naming `what` unless t has this shape.

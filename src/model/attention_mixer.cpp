@@ -50,7 +50,9 @@ void AttentionMixer::backward(const Tensor& dout, Tensor& du) {
   add_inplace(du, part);
   v_.backward(u_, dv, part);
   add_inplace(du, part);
-  u_ = q_out_ = k_out_ = v_out_ = o_in_ = lse_ = Tensor();
+  release();
 }
+
+void AttentionMixer::release() { u_ = q_out_ = k_out_ = v_out_ = o_in_ = lse_ = Tensor(); }
 
 }  // namespace nh

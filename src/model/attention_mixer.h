@@ -10,6 +10,7 @@ class AttentionMixer : public Mixer {
   AttentionMixer(const ModelConfig& config, const LayerParams& p);
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
+  void release() override;
 
  private:
   int64_t heads_, kv_heads_, head_dim_;

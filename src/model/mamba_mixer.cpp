@@ -114,7 +114,9 @@ void MambaMixer::backward(const Tensor& dout, Tensor& du) {
   write_columns(dxbc_raw, dzxbcdt, d_inner_);
   write_columns(ddt_raw, dzxbcdt, d_inner_ + conv_dim_);
   in_proj_.backward(u_, dzxbcdt, du);
-  u_ = z_ = xbc_raw_ = dt_raw_ = xbc_ = x_ = bm_ = cm_ = dt_ = A_ = y_ = rstd_ = g_ = Tensor();
+  release();
 }
+
+void MambaMixer::release() { u_ = z_ = xbc_raw_ = dt_raw_ = xbc_ = x_ = bm_ = cm_ = dt_ = A_ = y_ = rstd_ = g_ = Tensor(); }
 
 }  // namespace nh

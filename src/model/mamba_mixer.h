@@ -11,6 +11,7 @@ class MambaMixer : public Mixer {
   MambaMixer(const ModelConfig& config, const LayerParams& p);
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
+  void release() override;
 
  private:
   int64_t heads_, head_dim_, state_, groups_, d_inner_, conv_dim_, chunk_;

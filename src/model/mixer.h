@@ -27,6 +27,8 @@ class Mixer {
   virtual void forward(const Tensor& u, const Batch& batch, Tensor& out) = 0;
   // dout [T, D] -> du [T, D] overwritten; parameter gradients accumulated into the grads set.
   virtual void backward(const Tensor& dout, Tensor& du) = 0;
+  // Drops what forward saved (activation recomputation runs forward again before backward).
+  virtual void release() = 0;
 };
 
 // Looks up a layer's parameters and gradients by their name under `prefix`

@@ -26,7 +26,9 @@ void MlpMixer::backward(const Tensor& dout, Tensor& du) {
   Tensor dpre = Tensor::empty(pre_.shape(), dout.dtype(), dout.device());
   relu2_backward(pre_, dact, dpre);
   up_.backward(u_, dpre, du);
-  u_ = pre_ = act_ = Tensor();
+  release();
 }
+
+void MlpMixer::release() { u_ = pre_ = act_ = Tensor(); }
 
 }  // namespace nh

@@ -12,6 +12,7 @@ class MlpMixer : public Mixer {
            int64_t intermediate);
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
+  void release() override;
 
  private:
   Linear up_, down_;

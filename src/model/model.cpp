@@ -1,9 +1,11 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "io/atomic_file.h"
 #include "model/init.h"
+#include "model/moe_mixer.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/rmsnorm.h"
@@ -24,6 +26,24 @@ Model::Model(ModelConfig config, ModelWeights weights)
     LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.");
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
   }
+  recompute_.assign(mixers_.size(), false);
+}
+
+void Model::set_recompute(const std::vector<LayerKind>& kinds) {
+  for (size_t l = 0; l < mixers_.size(); ++l)
+    recompute_[l] = std::find(kinds.begin(), kinds.end(), config_.layers[l]) != kinds.end();
+}
+
+std::vector<std::pair<size_t, Tensor>> Model::expert_loads() const {
+  std::vector<std::pair<size_t, Tensor>> out;
+  for (size_t l = 0; l < mixers_.size(); ++l)
+    if (auto* moe = dynamic_cast<const MoeMixer*>(mixers_[l].get()))
+      out.emplace_back(l, moe->expert_load());
+  return out;
+}
+
+Tensor& Model::correction_bias(size_t layer) {
+  return weights_.params.at("layers." + std::to_string(layer) + ".mixer.gate.e_score_correction_bias");
 }
 
 Model Model::load(const std::string& dir, DType dtype) {
@@ -89,6 +109,7 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
                     config_.layer_norm_epsilon, normed_[l], rstd_[l]);
     Tensor out = Tensor::empty({t, d}, dt, dev);
     mixers_[l]->forward(normed_[l], batch_, out);
+    if (recompute_[l]) mixers_[l]->release();
     add_inplace(h, out);
   }
   final_in_ = h;
@@ -120,6 +141,10 @@ void Model::backward(double grad_scale) {
   Tensor dnormed = Tensor::empty({t, d}, dt, dev), dx = Tensor::empty({t, d}, dt, dev);
   for (size_t l = mixers_.size(); l-- > 0;) {
     const std::string norm = "layers." + std::to_string(l) + ".norm.weight";
+    if (recompute_[l]) {
+      Tensor again = Tensor::empty({t, d}, dt, dev);
+      mixers_[l]->forward(normed_[l], batch_, again);
+    }
     mixers_[l]->backward(dh, dnormed);
     Tensor dnorm_w = grads_.at(norm);
     rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed, dx, dnorm_w);

@@ -37,6 +37,14 @@ class Model {
   // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
   void backward(double grad_scale);
 
+  // Layers of these kinds keep only their input during forward and run forward again just
+  // before their backward (activation recomputation).
+  void set_recompute(const std::vector<LayerKind>& kinds);
+  // Routed (token, slot) pairs per expert in the last forward, I64 [E], by MoE layer index.
+  std::vector<std::pair<size_t, Tensor>> expert_loads() const;
+  // The router correction bias of MoE layer `layer` (a buffer the trainer updates).
+  Tensor& correction_bias(size_t layer);
+
  private:
   Model(ModelConfig config, ModelWeights weights);
   const Tensor& head_weight() const;
@@ -46,6 +54,7 @@ class Model {
   ParamSet grads_;
   std::string source_dir_;
   std::vector<std::unique_ptr<Mixer>> mixers_;
+  std::vector<bool> recompute_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.
   Batch batch_;
   Tensor ids_, targets_;

@@ -71,8 +71,13 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   Tensor dshared = Tensor::empty(du.shape(), dt, dev);
   shared_.backward(dout, dshared);
   add_inplace(du, dshared);
+  release();
+}
+
+void MoeMixer::release() {
   u_ = topk_idx_ = topk_w_ = scores_ = h_ = routed_ = Tensor();
   cache_ = MoeExpertsCache();
+  shared_.release();
 }
 
 }  // namespace nh

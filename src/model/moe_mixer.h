@@ -14,6 +14,7 @@ class MoeMixer : public Mixer {
   MoeMixer(const ModelConfig& config, const LayerParams& p);
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
+  void release() override;
   // Routed (token, slot) pairs per expert in the last forward, I64 [E].
   const Tensor& expert_load() const { return load_; }
 
