@@ -13,6 +13,10 @@ void register_commands(CLI::App& app) {
   add_verify(app);
   add_info(app);
   add_init(app);
+  add_train(app);
+  add_eval(app);
+  add_preprocess(app);
+  add_tokenize(app);
 }
 
 }  // namespace nh::cli

@@ -13,5 +13,9 @@ void set_exit_code(int code);
 void add_verify(CLI::App& app);
 void add_info(CLI::App& app);
 void add_init(CLI::App& app);
+void add_train(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_preprocess(CLI::App& app);
+void add_tokenize(CLI::App& app);
 
 }  // namespace nh::cli
