@@ -26,6 +26,7 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   ParamSet& params() { return weights_.params; }
+  const ParamSet& params() const { return weights_.params; }
   ParamSet& grads() { return grads_; }
   const ModelWeights& weights() const { return weights_; }
   bool tied_head() const { return weights_.tied_head; }

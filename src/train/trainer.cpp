@@ -1,0 +1,281 @@
+#include "train/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "io/tokenizer.h"
+#include "model/presets.h"
+#include "ops/moe.h"
+#include "train/checkpoint.h"
+#include "train/data_sources.h"
+#include "train/lr_schedule.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+#include "train/sample.h"
+
+namespace nh {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs SIGINT/SIGTERM handlers for the lifetime of a run: the loop saves a checkpoint at
+// the next step boundary and returns.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    old_int_ = std::signal(SIGINT, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+  bool requested() const { return g_stop_signal != 0; }
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
+
+std::vector<LayerKind> recompute_kinds(const Recipe& r) {
+  std::vector<LayerKind> kinds;
+  for (const auto& k : r.recompute) {
+    if (k == "all") return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
+    if (k == "mamba") kinds.push_back(LayerKind::Mamba);
+    if (k == "attention") kinds.push_back(LayerKind::Attention);
+    if (k == "mlp") kinds.push_back(LayerKind::Mlp);
+    if (k == "moe") kinds.push_back(LayerKind::Moe);
+  }
+  return kinds;
+}
+
+std::string tokenizer_path(const Recipe& r) {
+  if (!r.tokenizer.empty()) return r.tokenizer;
+  if (!r.init_from.empty()) return r.init_from;
+  throw Error("recipe", "tokenizer", "a tokenizer.json (or init_from a model directory with one)",
+              "none");
+}
+
+Model new_model(const Recipe& r) {
+  if (!r.init_from.empty()) return Model::load(r.init_from);
+  const bool is_file = r.model.ends_with(".json") || fs::is_directory(r.model);
+  const ModelConfig config = is_file ? load_config(r.model) : preset_config(r.model);
+  return Model::init(config, r.seed, r.precision == "bf16" ? DType::BF16 : DType::F32);
+}
+
+int64_t total_steps(const Recipe& r) {
+  if (r.max_steps > 0) return r.max_steps;
+  return std::max<int64_t>(1, r.train_tokens / (r.global_batch_size * r.seq_length));
+}
+
+double mean_loss(Model& model, DataStream& stream, const Recipe& r, int64_t iters) {
+  double sum = 0;
+  int64_t count = 0;
+  Tensor none;
+  for (int64_t i = 0; i < iters; ++i) {
+    MicroBatch b = stream.next_batch(r.micro_batch_size);
+    const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
+    sum += l.sum;
+    count += l.count;
+  }
+  return count ? sum / double(count) : NAN;
+}
+
+// Adds `from` (I64 [E]) into `into`.
+void add_load(Tensor& into, const Tensor& from) {
+  for (int64_t e = 0; e < into.numel(); ++e) into.data<int64_t>()[e] += from.data<int64_t>()[e];
+}
+
+}  // namespace
+
+TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
+  if (r.device != "cpu")
+    throw Error("recipe", "device", "cpu (the CUDA backend has no kernels yet)", r.device);
+  fs::create_directories(r.out);
+  const std::string tok_path = tokenizer_path(r);
+  const Tokenizer tokenizer = Tokenizer::load(tok_path);
+  const std::string tok_file =
+      fs::is_directory(tok_path) ? (fs::path(tok_path) / "tokenizer.json").string() : tok_path;
+
+  // Model and where the run stands.
+  const std::string ckpt = resume ? latest_checkpoint(r.out) : "";
+  nlohmann::json state;
+  Model model = ckpt.empty() ? new_model(r) : [&] {
+    LoadedCheckpoint c = load_checkpoint(ckpt);
+    state = std::move(c.trainer_state);
+    return std::move(c.model);
+  }();
+  if (tokenizer.vocab_size() > model.config().vocab_size)
+    throw Error(tok_file, "vocabulary", "at most the model's vocab_size " +
+                                            std::to_string(model.config().vocab_size),
+                std::to_string(tokenizer.vocab_size()) + " tokens");
+  model.set_recompute(recompute_kinds(r));
+  Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad});
+  if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer);
+
+  DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
+  std::unique_ptr<DataStream> val_stream;
+  nlohmann::json val_start;
+  if (r.eval_interval > 0) {
+    val_stream = std::make_unique<DataStream>(stream_config(r, tokenizer, model.config().vocab_size, 1));
+    val_start = val_stream->state();
+  }
+  // step counts optimizer steps taken or skipped; updates only those taken (AdamW's t).
+  int64_t step = 0, updates = 0, tokens_seen = 0, skipped_in_a_row = 0;
+  if (!ckpt.empty()) {
+    try {
+      step = state.at("step").get<int64_t>();
+      updates = state.at("updates").get<int64_t>();
+      tokens_seen = state.at("tokens").get<int64_t>();
+      skipped_in_a_row = state.at("skipped_in_a_row").get<int64_t>();
+      train_stream.restore(state.at("data"));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(ckpt + "/trainer_state.json", "state", "a trainer state of this version",
+                  e.what());
+    }
+  }
+
+  const int64_t steps = total_steps(r);
+  const int64_t accum = r.global_batch_size / r.micro_batch_size;
+  const LrSchedule schedule{r.lr_schedule, r.lr, r.min_lr, r.warmup_steps, steps,
+                            r.wsd_decay_fraction};
+  MetricsLogger metrics(r.out, steps, 0.0, true, r.log_interval);
+  if (quiet) {
+    static std::ostringstream sink;
+    metrics.set_console(sink, false);
+  }
+  metrics.truncate_after(step);
+  const double flops_per_token = model_flops_per_token(model.config(), r.seq_length);
+  const std::string recipe_yaml = recipe_to_yaml(r);
+
+  TrainOutcome out;
+  auto save = [&] {
+    nlohmann::json s = {{"step", step},
+                        {"updates", updates},
+                        {"tokens", tokens_seen},
+                        {"skipped_in_a_row", skipped_in_a_row},
+                        {"data", train_stream.state()}};
+    metrics.flush();
+    out.checkpoint = save_checkpoint(r.out, step, {model, optimizer, s, recipe_yaml, tok_file},
+                                     r.keep_last);
+  };
+
+  StopSignals signals;
+  const auto run_start = std::chrono::steady_clock::now();
+  int64_t run_tokens = 0;
+  bool first = true;
+  while (step < steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model.grads().fill_zero();
+    double loss_sum = 0;
+    int64_t loss_count = 0, step_tokens = 0;
+    std::vector<std::pair<size_t, Tensor>> loads;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      MicroBatch b = train_stream.next_batch(r.micro_batch_size);
+      Tensor none;
+      const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
+      model.backward(1.0);  // Σ loss; scaled by 1/tokens of the whole global batch below
+      loss_sum += l.sum;
+      loss_count += l.count;
+      step_tokens += b.ids.numel();
+      const auto micro_loads = model.expert_loads();
+      if (loads.empty())
+        for (const auto& [layer, load] : micro_loads) loads.emplace_back(layer, load.clone());
+      else
+        for (size_t i = 0; i < loads.size(); ++i) add_load(loads[i].second, micro_loads[i].second);
+    }
+    const double loss = loss_count ? loss_sum / double(loss_count) : NAN;
+    const double lr = schedule.at(step);
+    StepResult res{NAN, false};
+    if (std::isfinite(loss) && loss_count > 0)
+      res = optimizer.step(1.0 / double(loss_count), lr, updates + 1);
+    StepMetrics m;
+    if (!res.finite) {
+      ++out.skipped_steps;
+      ++skipped_in_a_row;
+      m.skipped = true;
+    } else {
+      ++updates;
+      skipped_in_a_row = 0;
+      // Auxiliary-loss-free balancing: nudge each router's bias toward balanced load.
+      double worst = 0;
+      for (const auto& [layer, load] : loads) {
+        if (r.moe_router_bias_update_rate > 0)
+          moe_update_correction_bias(model.correction_bias(layer), load, r.moe_router_bias_update_rate);
+        int64_t max = 0, total = 0;
+        for (int64_t e = 0; e < load.numel(); ++e) {
+          max = std::max(max, load.data<int64_t>()[e]);
+          total += load.data<int64_t>()[e];
+        }
+        if (total) worst = std::max(worst, double(max) * double(load.numel()) / double(total));
+      }
+      if (!loads.empty()) m.extra["moe_max_load_over_mean"] = worst;
+    }
+    ++step;
+    tokens_seen += step_tokens;
+    run_tokens += step_tokens;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    m.step = step;
+    m.loss = loss;
+    m.lr = lr;
+    m.grad_norm = res.grad_norm;
+    m.tokens = step_tokens;
+    m.seconds = seconds;
+    m.model_flops = flops_per_token * double(step_tokens);
+    metrics.log_step(m);
+    if (first) out.first_loss = loss;
+    first = false;
+    out.last_loss = loss;
+
+    if (skipped_in_a_row >= r.max_skipped_steps) {
+      save();
+      throw Error("training", "loss", "finite losses and gradients",
+                  std::to_string(skipped_in_a_row) + " non-finite steps in a row (stopped at step " +
+                      std::to_string(step) + " after saving " + out.checkpoint + ")");
+    }
+    if (val_stream && step % r.eval_interval == 0) {
+      val_stream->restore(val_start);
+      metrics.log_validation(step, mean_loss(model, *val_stream, r, r.eval_iters));
+    }
+    if (signals.requested()) {
+      save();
+      out.interrupted = true;
+      break;
+    }
+    if (r.save_interval > 0 && step % r.save_interval == 0 && step < steps) save();
+  }
+  if (!out.interrupted) save();
+  out.steps = step;
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  out.tokens_per_s = wall > 0 ? double(run_tokens) / wall : 0;
+
+  if (!r.sample_prompt.empty() && !quiet && !out.interrupted) {
+    const std::vector<int32_t> prompt = tokenizer.encode(r.sample_prompt, false);
+    const auto eod = tokenizer.eos_id();
+    const std::vector<int32_t> cont =
+        sample_continuation(model, prompt, 64, 0.0, r.seed, eod ? *eod : -1);
+    std::fprintf(stderr, "sample: %s%s\n", r.sample_prompt.c_str(), tokenizer.decode(cont, true).c_str());
+  }
+  return out;
+}
+
+double evaluate(const std::string& model_dir, const Recipe& r, int64_t iters) {
+  Model model = Model::load(model_dir);
+  const Tokenizer tokenizer = Tokenizer::load(r.tokenizer.empty() ? model_dir : r.tokenizer);
+  DataStream stream(stream_config(r, tokenizer, model.config().vocab_size, 1));
+  return mean_loss(model, stream, r, iters);
+}
+
+}  // namespace nh
