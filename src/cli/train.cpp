@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/tensor.h"
 #include "io/atomic_file.h"
 #include "train/first_run.h"
 #include "train/recipe.h"
@@ -34,9 +35,12 @@ void run(Options o) {
   }
   const Recipe r = load_recipe(path, o.set);
   const TrainOutcome t = train(r, o.resume);
-  std::fprintf(stderr, "%s after %lld steps: loss %.4f (first %.4f), %.0f tokens/s; checkpoint %s\n",
+  std::fprintf(stderr,
+               "%s after %lld steps: loss %.4f (first %.4f), %.0f tokens/s, peak tensor memory "
+               "%.1f MiB; checkpoint %s\n",
                t.interrupted ? "interrupted" : "done", (long long)t.steps, t.last_loss,
-               t.first_loss, t.tokens_per_s, t.checkpoint.c_str());
+               t.first_loss, t.tokens_per_s, double(host_memory_stats().peak) / (1 << 20),
+               t.checkpoint.c_str());
 }
 
 }  // namespace
