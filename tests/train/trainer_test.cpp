@@ -12,6 +12,7 @@
 
 #include "io/checkpoint.h"
 #include "model/model.h"
+#include "model/presets.h"
 #include "support/temp_dir.h"
 #include "train/checkpoint.h"
 #include "train/first_run.h"
@@ -189,6 +190,25 @@ TEST(Train, SigtermSavesACheckpointAndStops) {
   EXPECT_TRUE(t.interrupted);
   EXPECT_LT(t.steps, 100000);
   EXPECT_EQ(latest_checkpoint(r.out), t.checkpoint);
+}
+
+// MoE layers: the correction bias moves toward balance and the expert load is logged.
+TEST(Train, MoeRouterBiasIsUpdatedAndLoadLogged) {
+  test::TempDir tmp;
+  Recipe r = small_recipe(tmp, "run");
+  ModelConfig c = preset_config("tiny-moe");
+  c.vocab_size = 264;
+  std::ofstream(tmp / "moe.json") << to_hf_json(c).dump();
+  r.model = tmp / "moe.json";
+  r.max_steps = 3;
+  r.moe_router_bias_update_rate = 0.01;
+  train(r, false, true);
+  Model m = Model::load(latest_checkpoint(r.out));
+  const Tensor& bias = m.params().at("layers.1.mixer.gate.e_score_correction_bias");
+  double moved = 0;
+  for (int64_t e = 0; e < bias.numel(); ++e) moved += std::fabs(bias.data<float>()[e]);
+  EXPECT_GT(moved, 0.0);
+  for (const auto& line : metrics_lines(r.out)) EXPECT_GE(line["moe_max_load_over_mean"].get<double>(), 1.0);
 }
 
 TEST(Train, UnwritableRunDirectoryIsAClearError) {
