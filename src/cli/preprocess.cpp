@@ -23,6 +23,7 @@
 #include "io/indexed_dataset.h"
 #include "io/indexed_dataset_format.h"
 #include "io/tokenizer.h"
+#include "io/tokenizer/unicode.h"
 
 namespace nh::cli {
 
@@ -119,41 +120,6 @@ class FirstError {
   std::exception_ptr error_;
 };
 
-// Offset of the first byte that does not begin a well-formed UTF-8 sequence (RFC 3629: no overlong
-// forms, no surrogates, nothing above U+10FFFF), or npos.
-size_t invalid_utf8_at(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
-    if (c >= 0xc2 && c <= 0xdf) {
-      len = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      len = 3;
-      if (c == 0xe0) lo = 0xa0;
-      if (c == 0xed) hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      len = 4;
-      if (c == 0xf0) lo = 0x90;
-      if (c == 0xf4) hi = 0x8f;
-    } else {
-      return i;
-    }
-    if (s.size() - i < len) return i;
-    const unsigned char c1 = s[i + 1];
-    if (c1 < lo || c1 > hi) return i;
-    for (size_t k = 2; k < len; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
 // A SAX handler that keeps only the top-level field `key` of a record, so the other fields
 // (metadata, URLs ...) are never built into a DOM. A repeated key keeps the last value, as Python's
 // json.loads does.
@@ -232,7 +198,7 @@ bool is_blank(const std::string& line) {
 Status parse_record(std::string& line, const std::string& key, const std::string& where,
                     std::string& text, std::string& problem) {
   if (is_blank(line)) return Status::kBlank;
-  const size_t bad = invalid_utf8_at(line);
+  const size_t bad = tok::invalid_utf8_at(line);
   if (bad != std::string_view::npos) {
     char found[64];
     std::snprintf(found, sizeof found, "byte 0x%02x at column %zu",

@@ -76,7 +76,7 @@ size_t valid_sequence(std::string_view s, size_t i, size_t& bad) {
 
 }  // namespace
 
-bool is_valid_utf8(std::string_view bytes) {
+size_t invalid_utf8_at(std::string_view bytes) {
   size_t i = 0, bad;
   while (i < bytes.size()) {
     if (static_cast<unsigned char>(bytes[i]) < 0x80) {
@@ -84,10 +84,10 @@ bool is_valid_utf8(std::string_view bytes) {
       continue;
     }
     const size_t len = valid_sequence(bytes, i, bad);
-    if (len == 0) return false;
+    if (len == 0) return i;
     i += len;
   }
-  return true;
+  return std::string_view::npos;
 }
 
 std::string to_valid_utf8(std::string_view bytes) {

@@ -41,7 +41,12 @@ uint32_t last_code_point(std::string_view s);
 
 void append_utf8(std::string& out, uint32_t cp);
 
-bool is_valid_utf8(std::string_view bytes);
+// Offset of the first byte that does not begin a well-formed UTF-8 sequence (RFC 3629: no
+// overlong forms, no surrogates, nothing above U+10FFFF), or npos when all of it is valid.
+size_t invalid_utf8_at(std::string_view bytes);
+inline bool is_valid_utf8(std::string_view bytes) {
+  return invalid_utf8_at(bytes) == std::string_view::npos;
+}
 // `bytes` with every maximal invalid subsequence replaced by U+FFFD, as Python's
 // bytes.decode("utf-8", "replace") and Rust's String::from_utf8_lossy do.
 std::string to_valid_utf8(std::string_view bytes);
