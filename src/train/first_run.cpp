@@ -87,7 +87,10 @@ Recipe first_run_recipe(const std::string& dir) {
   for (int doc = 0; doc < 4000; ++doc) {
     std::string text;
     const int n = 1 + int(rng.next() % 4);
-    for (int i = 0; i < n; ++i) text += (i ? " " : "") + sentence(rng);
+    for (int i = 0; i < n; ++i) {
+      if (i) text += ' ';
+      text += sentence(rng);
+    }
     corpus += nlohmann::json({{"text", text}}).dump() + "\n";
   }
   write_file_atomic(dir + "/corpus.jsonl", corpus);
