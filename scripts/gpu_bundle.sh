@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Packs the CUDA build's programs with the shared libraries they need beyond the C/C++ runtime
+# and the CUDA toolkit, so they run on a GPU machine that has the driver and toolkit but not
+# this project's build dependencies:
+#   bash scripts/gpu_bundle.sh [BUILD_DIR] [OUT_DIR]     (defaults: build-cuda, gpu-bundle)
+#   on the GPU machine: OUT_DIR/run.sh tests/nemotronh-test-ops
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-cuda}
+out=${2:-gpu-bundle}
+rm -rf "$out"
+mkdir -p "$out/lib" "$out/tests"
+cp "$build/nemotronh" "$out/"
+cp "$build/tests/nemotronh-test-ops" "$out/tests/"
+for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops"; do
+  strip "$bin"
+  ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
+    case $(basename "$lib") in
+      libc.so* | libm.so* | libstdc++* | libgcc_s* | libdl* | libpthread* | librt* | ld-linux*) ;;
+      libcuda.so* | libcudart* | libcublas*) ;;  # from the GPU machine's driver and toolkit
+      *) cp -L "$lib" "$out/lib/" ;;
+    esac
+  done
+done
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs a bundled program with the bundled libraries and the machine's CUDA toolkit.
+here=$(cd "$(dirname "$0")" && pwd)
+cuda=${CUDA_HOME:-/usr/local/cuda}
+export LD_LIBRARY_PATH="$here/lib:$cuda/lib64:${LD_LIBRARY_PATH:-}"
+exec "$here/$1" "${@:2}"
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out"
