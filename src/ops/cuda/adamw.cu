@@ -1,0 +1,141 @@
+// AdamW and the squared norm on the GPU (ops/adamw.h). param, m, v: F32; grad: F32 or BF16.
+// The step computes in fp32 (the bias corrections and lr are formed in double on the host).
+// sum_of_squares accumulates in double over a fixed partition: at most kSumBlocks blocks, their
+// number set by the element count alone, a fixed-shape tree in each block, then one block adds
+// the partials by the same tree; the same result on every run and GPU.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "ops/adamw.h"
+#include "ops/cuda/common.cuh"
+
+namespace nh::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 4096;
+// Threads of the sum-of-squares blocks, and the most blocks of its first pass (also the width
+// of its second pass, one thread per partial).
+constexpr int kSumThreads = 1024;
+constexpr int64_t kSumBlocks = 1024;
+
+struct AdamWScalars {
+  float lr, beta1, beta2, eps, weight_decay, grad_scale;
+  float inv_c1, inv_c2;  // 1 / (1 − β^t)
+};
+
+// One fused AdamW update per element, grid-stride.
+template <class G>
+__global__ void adamw_step_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
+                                  AdamWScalars s) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f32(grad[i]) * s.grad_scale;
+    const float mi = s.beta1 * m[i] + (1.f - s.beta1) * g;
+    const float vi = s.beta2 * v[i] + (1.f - s.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float w = param[i];
+    const float update = (mi * s.inv_c1) / (sqrtf(vi * s.inv_c2) + s.eps) + s.weight_decay * w;
+    param[i] = w - s.lr * update;
+  }
+}
+
+// The sum of `value` over the block, in a fixed order: a shuffle tree within each warp, then
+// warp 0 adds the warp sums by the same tree. The result is valid in thread 0.
+__device__ double block_sum(double value) {
+  __shared__ double warp_sums[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2)
+    value += __shfl_down_sync(0xffffffffu, value, offset);
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = blockDim.x / 32;
+    value = lane < warps ? warp_sums[lane] : 0.0;
+    for (int offset = 16; offset > 0; offset /= 2)
+      value += __shfl_down_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
+// partial[block] = Σ t[i]² over the block's grid-stride share of the elements, in double.
+template <class T>
+__global__ void sum_of_squares_partial_kernel(const T* t, int64_t n, double* partial) {
+  double sum = 0.0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const double x = to_f32(t[i]);
+    sum += x * x;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+// total[0] = Σ partial[0 .. count), one block of kSumThreads >= count threads.
+__global__ void sum_partials_kernel(const double* partial, int64_t count, double* total) {
+  const double sum = block_sum(threadIdx.x < count ? partial[threadIdx.x] : 0.0);
+  if (threadIdx.x == 0) total[0] = sum;
+}
+
+void check_state(const Tensor& t, const Tensor& param, const char* name) {
+  require_cuda(t, "adamw", name);
+  if (t.numel() != param.numel())
+    throw Error("adamw", "shapes", "param, grad, m and v of one size",
+                shape_str(param.shape()) + ", " + name + " " + shape_str(t.shape()));
+}
+
+}  // namespace
+
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) {
+  require_cuda(param, "adamw", "param");
+  check_state(grad, param, "grad");
+  check_state(m, param, "m");
+  check_state(v, param, "v");
+  for (const Tensor* t : {&param, &m, &v})
+    if (t->dtype() != DType::F32)
+      throw Error("adamw", "param, m and v dtype", "F32 (on the GPU)", dtype_name(t->dtype()));
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  const AdamWScalars scalars{float(s.lr),
+                             float(s.beta1),
+                             float(s.beta2),
+                             float(s.eps),
+                             float(s.weight_decay),
+                             float(s.grad_scale),
+                             float(1 / (1 - std::pow(s.beta1, double(s.step)))),
+                             float(1 / (1 - std::pow(s.beta2, double(s.step))))};
+  const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(n, kThreads), kMaxBlocks));
+  with_gpu_float_type(grad.dtype(), [&](auto zero) {
+    using G = decltype(zero);
+    adamw_step_kernel<G><<<blocks, kThreads, 0, stream()>>>(
+        ptr<float>(param), ptr<G>(grad), ptr<float>(m), ptr<float>(v), n, scalars);
+    NH_CUDA_CHECK_LAUNCH();
+  });
+}
+
+double sum_of_squares(const Tensor& t) {
+  require_cuda(t, "sum_of_squares", "t");
+  const int64_t n = t.numel();
+  if (n == 0) return 0;
+  const int64_t blocks = std::min<int64_t>(blocks_for(n, kSumThreads), kSumBlocks);
+  Tensor partial = Tensor::empty({blocks + 1}, DType::F64, Device::CUDA);
+  double* partials = ptr<double>(partial);
+  double* total = partials + blocks;
+  with_gpu_float_type(t.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    sum_of_squares_partial_kernel<T>
+        <<<unsigned(blocks), kSumThreads, 0, stream()>>>(ptr<T>(t), n, partials);
+    NH_CUDA_CHECK_LAUNCH();
+  });
+  sum_partials_kernel<<<1, kSumThreads, 0, stream()>>>(partials, blocks, total);
+  NH_CUDA_CHECK_LAUNCH();
+  double result = 0;
+  NH_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, stream()));
+  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  return result;
+}
+
+}  // namespace nh::cuda

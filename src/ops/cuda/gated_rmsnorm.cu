@@ -1,0 +1,219 @@
+// Gated grouped RMSNorm on the GPU (the contract is in ops/gated_rmsnorm.h, SPEC §2): storage in
+// F32 or BF16; the gate g = x·silu(z), the statistics, the gradients and the dw sums in fp32.
+// As in the reference (and the CPU version) the normalised g·rstd is rounded to the storage
+// type before the multiply by w. rstd is stored in F32 or in x's dtype; the forward uses the
+// stored value, so the backward sees what the forward used.
+#include <algorithm>
+#include <climits>
+#include <string>
+
+#include "ops/cuda/common.cuh"
+#include "ops/gated_rmsnorm.h"
+
+namespace nh::cuda {
+
+namespace {
+
+// Sum of v over the block, returned to every thread; blockDim.x is a multiple of 32 (<= 1024).
+// Fixed reduction tree, so the result does not depend on scheduling.
+__device__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // a previous call's readers are done with warp_sums
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
+
+// One block per (row, group) = blockIdx.x: rstd[row, group] = 1/sqrt(mean g² + eps) over the
+// group's channels, y = w · T(g · rstd).
+template <class T, class R>
+__global__ void gated_rmsnorm_forward_kernel(const T* x, const T* z, const T* w, float eps,
+                                             int64_t channels, int64_t groups, T* y, R* rstd) {
+  const int64_t group_size = channels / groups;
+  const int64_t row = blockIdx.x / groups, j = blockIdx.x % groups;
+  const int64_t base = row * channels + j * group_size;
+  const T* wj = w + j * group_size;
+  float ss = 0.f;
+  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
+    const float zv = to_f32(z[base + c]);
+    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
+    ss += g * g;
+  }
+  ss = block_sum(ss);
+  const R stored = from_f32<R>(1.f / sqrtf(ss / float(group_size) + eps));
+  if (threadIdx.x == 0) rstd[blockIdx.x] = stored;
+  const float rs = to_f32(stored);
+  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
+    const float zv = to_f32(z[base + c]);
+    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
+    y[base + c] = from_f32<T>(to_f32(wj[c]) * to_f32(from_f32<T>(g * rs)));
+  }
+}
+
+// One block per (row, group): with n = g·rstd, dg = rstd · (dy·w − n · mean(dy·w·n)),
+// dx = dg · silu(z), dz = dg · x · σ(z)(1 + z(1 − σ(z))).
+template <class T, class R>
+__global__ void gated_rmsnorm_backward_dxdz_kernel(const T* x, const T* z, const T* w,
+                                                   const R* rstd, const T* dy, int64_t channels,
+                                                   int64_t groups, T* dx, T* dz) {
+  const int64_t group_size = channels / groups;
+  const int64_t row = blockIdx.x / groups, j = blockIdx.x % groups;
+  const int64_t base = row * channels + j * group_size;
+  const T* wj = w + j * group_size;
+  const float rs = to_f32(rstd[blockIdx.x]);
+  float dot = 0.f;
+  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
+    const float zv = to_f32(z[base + c]);
+    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
+    dot += to_f32(dy[base + c]) * to_f32(wj[c]) * (g * rs);
+  }
+  const float mean = block_sum(dot) / float(group_size);
+  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
+    const float xv = to_f32(x[base + c]), zv = to_f32(z[base + c]);
+    const float s = sigmoid(zv), g = xv * (zv * s);
+    const float dg = rs * (to_f32(dy[base + c]) * to_f32(wj[c]) - g * rs * mean);
+    dx[base + c] = from_f32<T>(dg * zv * s);
+    dz[base + c] = from_f32<T>(dg * xv * s * (1.f + zv * (1.f - s)));
+  }
+}
+
+// partial[chunk, c] = Σ over the chunk's rows, in order, of dy · T(g · rstd[row, c's group]).
+// Grid (channel blocks, chunks), one thread per channel: loads are coalesced along the row.
+template <class T, class R>
+__global__ void gated_rmsnorm_dw_partial_kernel(const T* x, const T* z, const R* rstd, const T* dy,
+                                                int64_t rows, int64_t channels, int64_t groups,
+                                                int64_t rows_per_chunk, float* partial) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t j = c / (channels / groups);
+  const int64_t r0 = blockIdx.y * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
+  float acc = 0.f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t i = r * channels + c;
+    const float zv = to_f32(z[i]);
+    const float g = to_f32(x[i]) * (zv * sigmoid(zv));
+    acc += to_f32(dy[i]) * to_f32(from_f32<T>(g * to_f32(rstd[r * groups + j])));
+  }
+  partial[blockIdx.y * channels + c] = acc;
+}
+
+// out[i] += Σ_chunk partial[chunk, i], chunks in order (the deterministic second stage).
+template <class T>
+__global__ void add_partial_sums_kernel(const float* partial, int64_t chunks, int64_t n, T* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  float s = 0.f;
+  for (int64_t c = 0; c < chunks; ++c) s += partial[c * n + i];
+  out[i] = from_f32<T>(to_f32(out[i]) + s);
+}
+
+// Threads for one block per group of `n` channels: a warp multiple, at most 512.
+int group_threads(int64_t n) { return int(std::min<int64_t>(512, (n + 31) / 32 * 32)); }
+
+void check(const Tensor& t, const Shape& shape, DType dtype, const std::string& what) {
+  require_cuda(t, "gated_rmsnorm", what.c_str());
+  if (t.shape() != shape)
+    throw Error("gated_rmsnorm", what + " shape", shape_str(shape), shape_str(t.shape()));
+  if (t.dtype() != dtype)
+    throw Error("gated_rmsnorm", what + " dtype", dtype_name(dtype), dtype_name(t.dtype()));
+}
+
+// Checks x, z [R, C], w [C], groups | C and rstd (R·groups elements, F32 or x's dtype);
+// returns R.
+int64_t check_gated(const Tensor& x, const Tensor& z, const Tensor& w, int64_t groups,
+                    const Tensor& rstd) {
+  require_cuda(x, "gated_rmsnorm", "x");
+  require_cuda(rstd, "gated_rmsnorm", "rstd");
+  if (x.ndim() < 1 || x.size(-1) == 0)
+    throw Error("gated_rmsnorm", "x shape", "[..., C] with C > 0", shape_str(x.shape()));
+  const int64_t channels = x.size(-1), rows = x.numel() / channels;
+  if (groups < 1 || channels % groups != 0)
+    throw Error("gated_rmsnorm", "groups", "a divisor of C = " + std::to_string(channels),
+                std::to_string(groups));
+  check(z, x.shape(), x.dtype(), "z");
+  check(w, {channels}, x.dtype(), "w");
+  if (rstd.numel() != rows * groups)
+    throw Error("gated_rmsnorm", "rstd shape",
+                "[" + std::to_string(rows) + ", " + std::to_string(groups) + "]",
+                shape_str(rstd.shape()));
+  if (rstd.dtype() != x.dtype() && rstd.dtype() != DType::F32)
+    throw Error("gated_rmsnorm", "rstd dtype", std::string("F32 or ") + dtype_name(x.dtype()),
+                dtype_name(rstd.dtype()));
+  if (rows * groups > INT_MAX)
+    throw Error("gated_rmsnorm", "rows · groups", "at most 2^31 - 1",
+                std::to_string(rows * groups));
+  return rows;
+}
+
+// Calls f(T{}, R{}): T the storage type of x, R that of rstd (F32 or T).
+template <class F>
+void with_norm_types(const Tensor& x, const Tensor& rstd, F&& f) {
+  with_gpu_float_type(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    if (rstd.dtype() == DType::F32)
+      f(T{}, float{});
+    else
+      f(T{}, T{});
+  });
+}
+
+}  // namespace
+
+void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, int64_t groups,
+                           double eps, Tensor& y, Tensor& rstd) {
+  const int64_t rows = check_gated(x, z, w, groups, rstd);
+  check(y, x.shape(), x.dtype(), "y");
+  if (rows == 0) return;
+  const int64_t channels = x.size(-1);
+  with_norm_types(x, rstd, [&](auto t, auto r) {
+    using T = decltype(t);
+    using R = decltype(r);
+    gated_rmsnorm_forward_kernel<T, R>
+        <<<unsigned(rows * groups), group_threads(channels / groups), 0, stream()>>>(
+            ptr<T>(x), ptr<T>(z), ptr<T>(w), float(eps), channels, groups, ptr<T>(y), ptr<R>(rstd));
+    NH_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void gated_rmsnorm_backward(const Tensor& x, const Tensor& z, const Tensor& w, int64_t groups,
+                            const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dz,
+                            Tensor& dw) {
+  const int64_t rows = check_gated(x, z, w, groups, rstd);
+  check(dy, x.shape(), x.dtype(), "dy");
+  check(dx, x.shape(), x.dtype(), "dx");
+  check(dz, x.shape(), x.dtype(), "dz");
+  check(dw, w.shape(), x.dtype(), "dw");
+  if (rows == 0) return;
+  const int64_t channels = x.size(-1);
+  // dw in two stages: per-chunk column sums, then a fixed-order sum of the chunks. The chunking
+  // depends only on the shape, so dw is the same on every run and every GPU.
+  const int64_t rows_per_chunk = std::max<int64_t>(32, (rows + 255) / 256);
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  Tensor partial = Tensor::empty({chunks, channels}, DType::F32, Device::CUDA);
+  constexpr int kThreads = 256;
+  with_norm_types(x, rstd, [&](auto t, auto r) {
+    using T = decltype(t);
+    using R = decltype(r);
+    gated_rmsnorm_backward_dxdz_kernel<T, R>
+        <<<unsigned(rows * groups), group_threads(channels / groups), 0, stream()>>>(
+            ptr<T>(x), ptr<T>(z), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), channels, groups, ptr<T>(dx),
+            ptr<T>(dz));
+    NH_CUDA_CHECK_LAUNCH();
+    const dim3 grid(blocks_for(channels, kThreads), unsigned(chunks));
+    gated_rmsnorm_dw_partial_kernel<T, R>
+        <<<grid, kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(z), ptr<R>(rstd), ptr<T>(dy), rows,
+                                          channels, groups, rows_per_chunk, ptr<float>(partial));
+    NH_CUDA_CHECK_LAUNCH();
+    add_partial_sums_kernel<T><<<blocks_for(channels, kThreads), kThreads, 0, stream()>>>(
+        ptr<float>(partial), chunks, channels, ptr<T>(dw));
+    NH_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace nh::cuda

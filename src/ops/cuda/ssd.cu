@@ -1,0 +1,929 @@
+// CUDA SSD (SPEC §2): the chunked scan of src/ops/cpu/ssd.cpp, one kernel per step of mamba_ssm's
+// decomposition so that each can be replaced on its own (by a tensor-core version):
+//   forward:  chunk_cumsum → chunk_state → pass_states → chunk_scan
+//   backward: the same first three (recomputing the states entering each chunk), chunk_state of
+//             dy (the state gradient each chunk sends back) → pass_states in reverse →
+//             state_decay_grad, chunk_dcs, chunk_dx, chunk_dC, chunk_dB → finish_dt →
+//             group_sum, param_grad
+// Storage F32 or BF16; cumulative sums, decays, states and every product in fp32.
+//
+// Documents: seq_idx becomes a per-chunk counter that goes up by one wherever seq_idx changes,
+// counted from the token before the chunk. "Same document" is "same counter" (also when a row
+// reuses an index value), and a token continues the state entering its chunk exactly when its
+// counter is 0 (the CPU's seg_in), which zeroes every decay across a document boundary.
+//
+// Gradient of the cumulative sums (dcs), as on the CPU: every term of a chunk is a decay
+// exp(cs_i − cs_j) times a product, whose gradient w.r.t. cs_i is the term and w.r.t. cs_j minus
+// it; cs = cumsum(dt·A) then sends the suffix sums of dcs to dt and A. A term's two ends must be
+// the same float value: dA weighs dcs_k by cs_k/A (up to a whole chunk of dt), so two ends that
+// did not cancel exactly would be magnified by that. So the intra-chunk terms are formed once
+// (chunk_dcs, rows and columns), the state terms once per token (B_j·dB_j of chunk_dB and their
+// sum at the last token), and C_i·dC_i of the incoming state and the decay of the state passed on
+// have a single end each.
+//
+// Determinism: no atomics. Sums that span blocks go to per-tile or per-(batch, chunk, head)
+// buffers that one kernel then adds in a fixed order (dB, dC over a group's heads as the CPU).
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "ops/cuda/common.cuh"
+#include "ops/ssd.h"
+
+namespace nh::cuda {
+
+namespace {
+
+struct SsdDims {
+  int64_t batch, seqlen, heads, head_dim, groups, state, chunk, n_chunks;
+};
+
+// The matrix steps: a block of 256 threads owns a 64 × 64 output tile, each thread a 4 × 4
+// sub-tile (rows ty + 16u, columns tx + 16w), and both operands pass through shared memory 16
+// reduction indices at a time. Two-stage steps (the masked (L ∘ C·Bᵀ)-like matrix, then its
+// product with x, dy, B or C) keep the first stage's 64 × 64 tile in shared memory.
+constexpr int kThreads = 256;
+constexpr int kTile = 64;
+constexpr int kSlice = 16;
+constexpr int kPer = kTile / 16;
+constexpr int kPad = kTile + 1;  // padded rows: transposed stores spread over the banks
+
+struct TileShared {
+  float a[kSlice][kPad];  // [k][row] of the first operand
+  float b[kSlice][kPad];  // [k][column] of the second
+  float m[kTile][kPad];   // a first-stage tile, stored [k][row] for the second stage
+};
+
+using Acc = float[kPer][kPer];
+
+__device__ __forceinline__ int tile_row(int u) { return int(threadIdx.x) / 16 + 16 * u; }
+__device__ __forceinline__ int tile_col(int w) { return int(threadIdx.x) % 16 + 16 * w; }
+
+// One (batch, chunk, head), the unit of the per-chunk kernels (numbered with the head fastest),
+// and the offsets of its chunk-local token t in each layout.
+struct ChunkHead {
+  int64_t b, c, h, g, t0;
+  int len;
+  int64_t x0, x_step;        // [B, S, H, P]
+  int64_t bc0, bc_step;      // [B, S, G, N]
+  int64_t head0, head_step;  // [B, S, H]
+  int64_t row0;              // [B, S]
+  int64_t state0;            // this chunk's P × N block of [B, n_chunks, H, P, N]
+
+  __device__ ChunkHead(const SsdDims& d, int64_t flat) {
+    h = flat % d.heads;
+    c = flat / d.heads % d.n_chunks;
+    b = flat / d.heads / d.n_chunks;
+    g = h / (d.heads / d.groups);
+    t0 = c * d.chunk;
+    len = int(d.chunk < d.seqlen - t0 ? d.chunk : d.seqlen - t0);
+    row0 = b * d.seqlen + t0;
+    x_step = d.heads * d.head_dim;
+    x0 = (row0 * d.heads + h) * d.head_dim;
+    bc_step = d.groups * d.state;
+    bc0 = (row0 * d.groups + g) * d.state;
+    head_step = d.heads;
+    head0 = row0 * d.heads + h;
+    state0 = ((b * d.n_chunks + c) * d.heads + h) * d.head_dim * d.state;
+  }
+  __device__ int64_t at_x(int t, int64_t p) const { return x0 + t * x_step + p; }
+  __device__ int64_t at_bc(int t, int64_t n) const { return bc0 + t * bc_step + n; }
+  __device__ int64_t at_head(int t) const { return head0 + t * head_step; }
+  __device__ int64_t at_row(int t) const { return row0 + t; }
+};
+
+// exp(cs_i − cs_j) for tokens j ≤ i of one document inside the chunk (the mask L); zero for
+// other pairs and for tokens past the chunk's end, where nothing is read.
+__device__ float intra_decay(const ChunkHead& ch, const float* cs, const int32_t* doc, int i,
+                             int j) {
+  if (j > i || i >= ch.len || doc[ch.at_row(i)] != doc[ch.at_row(j)]) return 0.f;
+  return expf(cs[ch.at_head(i)] - cs[ch.at_head(j)]);
+}
+
+// dst[kk][m] = f(k0 + kk, m) for kk < kSlice, m < kTile, zero where k0 + kk >= K (f predicates m
+// itself). The loop order follows the operand's memory layout (contiguous along k or along m)
+// so that neighbouring threads read neighbouring addresses.
+template <bool kAlongK, class F>
+__device__ void stage_slice(float (*dst)[kPad], int k0, int K, F&& f) {
+  for (int e = threadIdx.x; e < kSlice * kTile; e += kThreads) {
+    const int kk = kAlongK ? e % kSlice : e / kTile;
+    const int m = kAlongK ? e / kSlice : e % kTile;
+    dst[kk][m] = k0 + kk < K ? f(k0 + kk, m) : 0.f;
+  }
+}
+
+// acc[u][w] += Σ_kk a[kk][tile_row(u)] · b[kk][tile_col(w)]
+__device__ void multiply_slice(const float (*a)[kPad], const float (*b)[kPad], Acc& acc) {
+#pragma unroll
+  for (int kk = 0; kk < kSlice; ++kk) {
+    float av[kPer], bv[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      av[u] = a[kk][tile_row(u)];
+      bv[u] = b[kk][tile_col(u)];
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u)
+#pragma unroll
+      for (int w = 0; w < kPer; ++w) acc[u][w] += av[u] * bv[w];
+  }
+}
+
+// acc[row][col] += Σ_{k < K} fa(k, row) · fb(k, col). Called by the whole block.
+template <bool kAAlongK, bool kBAlongK, class FA, class FB>
+__device__ void gemm_tile(int K, FA&& fa, FB&& fb, TileShared& sm, Acc& acc) {
+  for (int k0 = 0; k0 < K; k0 += kSlice) {
+    stage_slice<kAAlongK>(sm.a, k0, K, fa);
+    stage_slice<kBAlongK>(sm.b, k0, K, fb);
+    __syncthreads();
+    multiply_slice(sm.a, sm.b, acc);
+    __syncthreads();
+  }
+}
+
+// acc[row][col] += Σ_{k < K} sm.m[k][row] · fb(k, col), K <= kTile: the second stage.
+template <bool kBAlongK, class FB>
+__device__ void gemm_tile_shared_a(int K, FB&& fb, TileShared& sm, Acc& acc) {
+  for (int k0 = 0; k0 < K; k0 += kSlice) {
+    stage_slice<kBAlongK>(sm.b, k0, K, fb);
+    __syncthreads();
+    multiply_slice(&sm.m[k0], sm.b, acc);
+    __syncthreads();
+  }
+}
+
+// sm.m[col][row] = v[row][col] · scale(row, col): a first-stage tile, transposed so that its
+// columns become the reduction index of the second stage. The next gemm_tile_shared_a
+// synchronises before reading it.
+template <class F>
+__device__ void store_transposed(const Acc& v, F&& scale, TileShared& sm) {
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w)
+      sm.m[tile_col(w)][tile_row(u)] = v[u][w] * scale(tile_row(u), tile_col(w));
+}
+
+// Sum over the 16 threads of a tile row (lanes with the same ty, inside one warp). Every thread
+// of the warp must call it.
+__device__ float row_sum(float v) {
+  for (int m = 8; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// Sum over a block of kThreads in a fixed order (a tree over shared memory).
+template <class V>
+__device__ V block_sum(V v, V* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (int(threadIdx.x) < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const V total = shared[0];
+  __syncthreads();  // shared may be reused by the next call
+  return total;
+}
+
+// Step 1, one thread per (batch, chunk, head) walking the chunk's tokens (neighbouring threads
+// are neighbouring heads: coalesced). All [B, S, H] fp32:
+//   cs        = Σ_{k ≤ t in the chunk} dt_k·A (inclusive)
+//   decay_in  = exp(cs_t) where token t continues the incoming state's document, else 0
+//   decay_out = exp(cs_last − cs_t) where t is in the document of the chunk's last token, else 0
+// and doc [B, S], the chunk-local document counter (written by the head-0 threads).
+template <class T>
+__global__ void chunk_cumsum_kernel(SsdDims d, const T* dt, const T* A, const int32_t* seq_idx,
+                                    float* cs, float* decay_in, float* decay_out, int32_t* doc) {
+  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= d.batch * d.n_chunks * d.heads) return;
+  const ChunkHead ch(d, flat);
+  auto changes = [&](int t) {  // does a document start at chunk-local token t?
+    const int64_t r = ch.at_row(t);
+    return seq_idx != nullptr && ch.t0 + t > 0 && seq_idx[r] != seq_idx[r - 1];
+  };
+  const float a = to_f32(A[ch.h]);
+  float sum = 0.f;
+  int32_t counter = 0;
+  for (int t = 0; t < ch.len; ++t) {
+    sum += to_f32(dt[ch.at_head(t)]) * a;
+    if (changes(t)) ++counter;
+    cs[ch.at_head(t)] = sum;
+    decay_in[ch.at_head(t)] = counter == 0 ? expf(sum) : 0.f;
+    if (ch.h == 0) doc[ch.at_row(t)] = counter;
+  }
+  const int32_t last_doc = counter;
+  const float last_cs = sum;
+  counter = 0;
+  for (int t = 0; t < ch.len; ++t) {
+    if (changes(t)) ++counter;
+    decay_out[ch.at_head(t)] = counter == last_doc ? expf(last_cs - cs[ch.at_head(t)]) : 0.f;
+  }
+}
+
+// Step 2, block per (batch, chunk, head) × 64 × 64 tile of (p, n):
+//   out[p, n] = Σ_t weight_t · (dt_t if dt) · u_t[p] · v_t[n]
+// Forward: (weight, u, v) = (decay_out, x, Bm) with dt, the chunk's own contribution to the state
+// after its last token. Backward: (decay_in, dy, Cm) without dt, the gradient the chunk's outputs
+// send to the state entering it. out is fp32 [B, n_chunks, H, P, N].
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_state_kernel(SsdDims d, const float* weight, const T* dt, const T* u, const T* v,
+                       float* out) {
+  __shared__ TileShared sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int64_t p0 = int64_t(blockIdx.y) * kTile, n0 = int64_t(blockIdx.z) * kTile;
+  Acc acc = {};
+  gemm_tile<false, false>(
+      ch.len,
+      [&](int t, int r) {
+        if (p0 + r >= d.head_dim) return 0.f;
+        float w = weight[ch.at_head(t)];
+        if (dt != nullptr) w *= to_f32(dt[ch.at_head(t)]);
+        return w * to_f32(u[ch.at_x(t, p0 + r)]);
+      },
+      [&](int t, int col) { return n0 + col < d.state ? to_f32(v[ch.at_bc(t, n0 + col)]) : 0.f; },
+      sm, acc);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int64_t p = p0 + tile_row(u), n = n0 + tile_col(w);
+      if (p < d.head_dim && n < d.state) out[ch.state0 + p * d.state + n] = acc[u][w];
+    }
+}
+
+// Step 3, one thread per (batch, head, p, n) walking the chunks in order (reverse = false) or
+// backwards. states holds each chunk's own term on entry and the running value before that
+// chunk on exit:
+//   forward:  S_in(c) = S;   S = decay(c)·S + own(c)      start = initial state, end = final
+//   backward: dS_out(c) = dS; dS = decay(c)·dS + G(c)     end = dinitial_state
+// decay(c) = decay_in of the chunk's last token (zero when a document starts inside it).
+// start and end are [B, H, P, N] in the storage type, each optional.
+template <class T>
+__global__ void pass_states_kernel(SsdDims d, float* states, const float* decay_in, bool reverse,
+                                   const T* start, T* end) {
+  const int64_t pn_size = d.head_dim * d.state;
+  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= d.batch * d.heads * pn_size) return;
+  const int64_t pn = flat % pn_size, h = flat / pn_size % d.heads, b = flat / pn_size / d.heads;
+  float s = start != nullptr ? to_f32(start[flat]) : 0.f;
+  for (int64_t k = 0; k < d.n_chunks; ++k) {
+    const int64_t c = reverse ? d.n_chunks - 1 - k : k;
+    const int64_t i = ((b * d.n_chunks + c) * d.heads + h) * pn_size + pn;
+    const float own = states[i];
+    states[i] = s;
+    const int64_t last = ((c + 1) * d.chunk < d.seqlen ? (c + 1) * d.chunk : d.seqlen) - 1;
+    s = decay_in[(b * d.seqlen + last) * d.heads + h] * s + own;
+  }
+  if (end != nullptr) end[flat] = from_f32<T>(s);
+}
+
+// Step 4, block per (batch, chunk, head) × 64 × 64 tile of (i, p):
+//   y_i = Σ_{j ≤ i, same doc} exp(cs_i − cs_j) (C_i·B_j) dt_j x_j   (j tile by j tile)
+//       + decay_in_i · S_in C_i + D x_i
+// states holds S_in per chunk (after pass_states).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm, const T* D,
+                      const float* cs, const float* decay_in, const int32_t* doc,
+                      const float* states, T* y) {
+  __shared__ TileShared sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int i0 = int(blockIdx.y) * kTile;
+  const int64_t p0 = int64_t(blockIdx.z) * kTile;
+  if (i0 >= ch.len) return;
+  auto c_rows = [&](int n, int r) {
+    return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f;
+  };
+  Acc acc = {};
+  for (int j0 = 0; j0 <= i0; j0 += kTile) {
+    Acc cb = {};
+    gemm_tile<true, true>(
+        int(d.state), c_rows,
+        [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
+        sm, cb);
+    store_transposed(
+        cb,
+        [&](int r, int col) {
+          const float w = intra_decay(ch, cs, doc, i0 + r, j0 + col);
+          return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + col)]) : 0.f;
+        },
+        sm);
+    gemm_tile_shared_a<false>(
+        min(kTile, ch.len - j0),
+        [&](int k, int col) {
+          return p0 + col < d.head_dim ? to_f32(x[ch.at_x(j0 + k, p0 + col)]) : 0.f;
+        },
+        sm, acc);
+  }
+  Acc from_state = {};
+  gemm_tile<true, true>(
+      int(d.state), c_rows,
+      [&](int n, int col) {
+        return p0 + col < d.head_dim ? states[ch.state0 + (p0 + col) * d.state + n] : 0.f;
+      },
+      sm, from_state);
+  const float skip = D != nullptr ? to_f32(D[ch.h]) : 0.f;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = i0 + tile_row(u);
+    if (i >= ch.len) continue;
+    const float e = decay_in[ch.at_head(i)];
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int64_t p = p0 + tile_col(w);
+      if (p < d.head_dim)
+        y[ch.at_x(i, p)] =
+            from_f32<T>(acc[u][w] + e * from_state[u][w] + skip * to_f32(x[ch.at_x(i, p)]));
+    }
+  }
+}
+
+// ⟨dS_out(c), S_in(c)⟩ per (batch, chunk, head), block per unit: times the chunk's decay, the
+// gradient of that decay (dcs of the chunk's last token).
+__global__ void __launch_bounds__(kThreads)
+    state_decay_grad_kernel(SsdDims d, const float* dstates, const float* states, float* ddecay) {
+  __shared__ float partial[kThreads];
+  const ChunkHead ch(d, blockIdx.x);
+  const int64_t pn_size = d.head_dim * d.state;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < pn_size; i += kThreads)
+    sum += dstates[ch.state0 + i] * states[ch.state0 + i];
+  sum = block_sum(sum, partial);
+  if (threadIdx.x == 0) ddecay[blockIdx.x] = sum;
+}
+
+// Backward, block per (batch, chunk, head) × 64 × 64 tile of (i, j) with j tile <= i tile: the
+// intra-chunk terms t_ij = exp(cs_i − cs_j) dt_j (C_i·B_j) (dy_i·x_j) (j ≤ i, same document),
+// each formed once and summed over the tile's j into rows [j tiles, B, S, H] (dcs_i += t_ij) and
+// over its i into cols [i tiles, B, S, H] (dcs_j −= t_ij).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_dcs_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
+                     const float* cs, const int32_t* doc, float* rows, float* cols) {
+  __shared__ TileShared sm;
+  __shared__ float col_part[kThreads / 16][kTile];
+  const ChunkHead ch(d, blockIdx.x);
+  const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
+  if (i0 >= ch.len || j0 > i0) return;
+  Acc cb = {}, dyx = {};
+  gemm_tile<true, true>(
+      int(d.state),
+      [&](int n, int r) { return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f; },
+      [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
+      sm, cb);
+  gemm_tile<true, true>(
+      int(d.head_dim),
+      [&](int p, int r) { return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f; },
+      [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; }, sm,
+      dyx);
+  const int64_t size = d.batch * d.seqlen * d.heads;
+  float col_sum[kPer] = {};
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = i0 + tile_row(u);
+    float row = 0.f;
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int j = j0 + tile_col(w);
+      const float decay = intra_decay(ch, cs, doc, i, j);
+      const float t = decay != 0.f ? decay * to_f32(dt[ch.at_head(j)]) * cb[u][w] * dyx[u][w] : 0.f;
+      row += t;
+      col_sum[w] += t;
+    }
+    row = row_sum(row);
+    if (i < ch.len && threadIdx.x % 16 == 0) rows[blockIdx.z * size + ch.at_head(i)] = row;
+  }
+#pragma unroll
+  for (int w = 0; w < kPer; ++w) col_part[threadIdx.x / 16][tile_col(w)] = col_sum[w];
+  __syncthreads();
+  const int j = j0 + int(threadIdx.x);
+  if (threadIdx.x < kTile && j < ch.len) {
+    float sum = 0.f;
+    for (int k = 0; k < kThreads / 16; ++k) sum += col_part[k][threadIdx.x];
+    cols[blockIdx.y * size + ch.at_head(j)] = sum;
+  }
+}
+
+// Backward, block per (batch, chunk, head) × 64 × 64 tile of (j, p), with xd = dt·x:
+//   dxd_j = Σ_{i ≥ j, same doc} exp(cs_i − cs_j) (C_i·B_j) dy_i + decay_out_j · dS_out B_j
+//   dx_j = dt_j dxd_j + D dy_j
+// and per token, summed over this p tile: x_j·dxd_j (ddt's direct part) and dy_j·x_j (dD), into
+// [p tiles, B, S, H].
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_dx_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
+                    const T* D, const float* cs, const float* decay_out, const int32_t* doc,
+                    const float* dstates, T* dx, float* ddt_part, float* dD_part) {
+  __shared__ TileShared sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int j0 = int(blockIdx.y) * kTile;
+  const int64_t p0 = int64_t(blockIdx.z) * kTile;
+  if (j0 >= ch.len) return;
+  auto b_rows = [&](int n, int r) {
+    return j0 + r < ch.len ? to_f32(Bm[ch.at_bc(j0 + r, n)]) : 0.f;
+  };
+  Acc acc = {};
+  for (int i0 = j0; i0 < ch.len; i0 += kTile) {
+    Acc bc = {};
+    gemm_tile<true, true>(
+        int(d.state), b_rows,
+        [&](int n, int col) { return i0 + col < ch.len ? to_f32(Cm[ch.at_bc(i0 + col, n)]) : 0.f; },
+        sm, bc);
+    store_transposed(
+        bc, [&](int r, int col) { return intra_decay(ch, cs, doc, i0 + col, j0 + r); }, sm);
+    gemm_tile_shared_a<false>(
+        min(kTile, ch.len - i0),
+        [&](int k, int col) {
+          return p0 + col < d.head_dim ? to_f32(dy[ch.at_x(i0 + k, p0 + col)]) : 0.f;
+        },
+        sm, acc);
+  }
+  Acc to_state = {};
+  gemm_tile<true, true>(
+      int(d.state), b_rows,
+      [&](int n, int col) {
+        return p0 + col < d.head_dim ? dstates[ch.state0 + (p0 + col) * d.state + n] : 0.f;
+      },
+      sm, to_state);
+  const float skip = D != nullptr ? to_f32(D[ch.h]) : 0.f;
+  const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int j = j0 + tile_row(u);
+    const bool valid = j < ch.len;
+    const float r = valid ? decay_out[ch.at_head(j)] : 0.f;
+    const float dtj = valid ? to_f32(dt[ch.at_head(j)]) : 0.f;
+    float x_dxd = 0.f, dy_x = 0.f;
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int64_t p = p0 + tile_col(w);
+      if (!valid || p >= d.head_dim) continue;
+      const float dxd = acc[u][w] + r * to_state[u][w];
+      const float xv = to_f32(x[ch.at_x(j, p)]), dyv = to_f32(dy[ch.at_x(j, p)]);
+      dx[ch.at_x(j, p)] = from_f32<T>(dtj * dxd + skip * dyv);
+      x_dxd += xv * dxd;
+      dy_x += dyv * xv;
+    }
+    x_dxd = row_sum(x_dxd);
+    dy_x = row_sum(dy_x);
+    if (valid && threadIdx.x % 16 == 0) {
+      ddt_part[part + ch.at_head(j)] = x_dxd;
+      dD_part[part + ch.at_head(j)] = dy_x;
+    }
+  }
+}
+
+// Backward, block per (batch, chunk, head) × 64 × 64 tile of (i, n): this head's
+//   dC_i = Σ_{j ≤ i, same doc} exp(cs_i − cs_j) dt_j (dy_i·x_j) B_j + decay_in_i · dy_i S_in
+// into dC_heads [B, S, H, N] (fp32), and C_i· of the second (incoming-state) part, the dcs_i of
+// that term, summed over this n tile into off_part [n tiles, B, S, H].
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_dC_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
+                    const float* cs, const float* decay_in, const int32_t* doc, const float* states,
+                    float* dC_heads, float* off_part) {
+  __shared__ TileShared sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int i0 = int(blockIdx.y) * kTile;
+  const int64_t n0 = int64_t(blockIdx.z) * kTile;
+  if (i0 >= ch.len) return;
+  auto dy_rows = [&](int p, int r) {
+    return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f;
+  };
+  Acc acc = {};
+  for (int j0 = 0; j0 <= i0; j0 += kTile) {
+    Acc dyx = {};
+    gemm_tile<true, true>(
+        int(d.head_dim), dy_rows,
+        [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; },
+        sm, dyx);
+    store_transposed(
+        dyx,
+        [&](int r, int col) {
+          const float w = intra_decay(ch, cs, doc, i0 + r, j0 + col);
+          return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + col)]) : 0.f;
+        },
+        sm);
+    gemm_tile_shared_a<false>(
+        min(kTile, ch.len - j0),
+        [&](int k, int col) {
+          return n0 + col < d.state ? to_f32(Bm[ch.at_bc(j0 + k, n0 + col)]) : 0.f;
+        },
+        sm, acc);
+  }
+  Acc from_state = {};
+  gemm_tile<true, false>(
+      int(d.head_dim), dy_rows,
+      [&](int p, int col) {
+        return n0 + col < d.state ? states[ch.state0 + p * d.state + n0 + col] : 0.f;
+      },
+      sm, from_state);
+  const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = i0 + tile_row(u);
+    const bool valid = i < ch.len;
+    const float e = valid ? decay_in[ch.at_head(i)] : 0.f;
+    float c_dc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int64_t n = n0 + tile_col(w);
+      if (!valid || n >= d.state) continue;
+      const float off = e * from_state[u][w];
+      dC_heads[ch.at_head(i) * d.state + n] = acc[u][w] + off;
+      c_dc += to_f32(Cm[ch.at_bc(i, n)]) * off;
+    }
+    c_dc = row_sum(c_dc);
+    if (valid && threadIdx.x % 16 == 0) off_part[part + ch.at_head(i)] = c_dc;
+  }
+}
+
+// Backward, block per (batch, chunk, head) × 64 × 64 tile of (j, n): this head's
+//   dB_j = Σ_{i ≥ j, same doc} exp(cs_i − cs_j) dt_j (dy_i·x_j) C_i
+//        + decay_out_j dt_j · x_j dS_out
+// into dB_heads [B, S, H, N] (fp32), and B_j· of the second (state) part, v_j (its dcs is −v_j
+// at j and +v_j at the chunk's last token), summed over this n tile into v_part.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
+                    const float* cs, const float* decay_out, const int32_t* doc,
+                    const float* dstates, float* dB_heads, float* v_part) {
+  __shared__ TileShared sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int j0 = int(blockIdx.y) * kTile;
+  const int64_t n0 = int64_t(blockIdx.z) * kTile;
+  if (j0 >= ch.len) return;
+  auto x_rows = [&](int p, int r) { return j0 + r < ch.len ? to_f32(x[ch.at_x(j0 + r, p)]) : 0.f; };
+  Acc acc = {};
+  for (int i0 = j0; i0 < ch.len; i0 += kTile) {
+    Acc xdy = {};
+    gemm_tile<true, true>(
+        int(d.head_dim), x_rows,
+        [&](int p, int col) { return i0 + col < ch.len ? to_f32(dy[ch.at_x(i0 + col, p)]) : 0.f; },
+        sm, xdy);
+    store_transposed(
+        xdy,
+        [&](int r, int col) {
+          const float w = intra_decay(ch, cs, doc, i0 + col, j0 + r);
+          return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + r)]) : 0.f;
+        },
+        sm);
+    gemm_tile_shared_a<false>(
+        min(kTile, ch.len - i0),
+        [&](int k, int col) {
+          return n0 + col < d.state ? to_f32(Cm[ch.at_bc(i0 + k, n0 + col)]) : 0.f;
+        },
+        sm, acc);
+  }
+  Acc to_state = {};
+  gemm_tile<true, false>(
+      int(d.head_dim), x_rows,
+      [&](int p, int col) {
+        return n0 + col < d.state ? dstates[ch.state0 + p * d.state + n0 + col] : 0.f;
+      },
+      sm, to_state);
+  const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int j = j0 + tile_row(u);
+    const bool valid = j < ch.len;
+    const float f = valid ? decay_out[ch.at_head(j)] * to_f32(dt[ch.at_head(j)]) : 0.f;
+    float b_db = 0.f;
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int64_t n = n0 + tile_col(w);
+      if (!valid || n >= d.state) continue;
+      const float own = f * to_state[u][w];
+      dB_heads[ch.at_head(j) * d.state + n] = acc[u][w] + own;
+      b_db += to_f32(Bm[ch.at_bc(j, n)]) * own;
+    }
+    b_db = row_sum(b_db);
+    if (valid && threadIdx.x % 16 == 0) v_part[part + ch.at_head(j)] = b_db;
+  }
+}
+
+// What the backward's tile kernels leave per token for finish_dt, each [tiles, B, S, H] fp32.
+struct TokenParts {
+  const float *ddt, *dD;     // p tiles: x_t·dxd_t, dy_t·x_t
+  const float *off, *v;      // n tiles: dcs of the incoming-state term; v_t of the state term
+  const float *rows, *cols;  // row tiles of a chunk: the intra-chunk terms' + and − ends
+  int64_t p_tiles, n_tiles;
+};
+
+// Backward, one thread per (batch, chunk, head) walking its tokens backwards:
+//   dcs_t = rows_t − cols_t + off_t − v_t, plus Σ_j v_j + decay·⟨dS_out, S_in⟩ at the last token,
+//   suffix_t = Σ_{k ≥ t} dcs_k, ddt_t = x_t·dxd_t + A·suffix_t,
+// and the chunk's shares of dA (Σ dt_t·suffix_t) and dD into da_part, dd_part [B, n_chunks, H]
+// (fp64, as the CPU's sums).
+template <class T>
+__global__ void finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float* decay_in,
+                                 const float* ddecay, TokenParts parts, T* ddt, double* da_part,
+                                 double* dd_part) {
+  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= d.batch * d.n_chunks * d.heads) return;
+  const ChunkHead ch(d, flat);
+  const int64_t size = d.batch * d.seqlen * d.heads;
+  auto sum = [&](const float* part, int64_t begin, int64_t end, int64_t i) {
+    float s = 0.f;
+    for (int64_t k = begin; k < end; ++k) s += part[k * size + i];
+    return s;
+  };
+  const int last = ch.len - 1, last_tile = last / kTile;
+  float v_total = 0.f;
+  for (int t = 0; t < ch.len; ++t) v_total += sum(parts.v, 0, parts.n_tiles, ch.at_head(t));
+  const float a = to_f32(A[ch.h]);
+  float suffix = 0.f;
+  double da = 0, dd = 0;
+  for (int t = last; t >= 0; --t) {
+    const int64_t i = ch.at_head(t);
+    const int tile = t / kTile;
+    float dcs = sum(parts.rows, 0, tile + 1, i) - sum(parts.cols, tile, last_tile + 1, i) +
+                sum(parts.off, 0, parts.n_tiles, i) - sum(parts.v, 0, parts.n_tiles, i);
+    if (t == last) dcs += v_total + decay_in[i] * ddecay[flat];
+    suffix += dcs;
+    ddt[i] = from_f32<T>(sum(parts.ddt, 0, parts.p_tiles, i) + a * suffix);
+    da += double(to_f32(dt[i])) * suffix;
+    dd += sum(parts.dD, 0, parts.p_tiles, i);
+  }
+  da_part[flat] = da;
+  dd_part[flat] = dd;
+}
+
+// dBm, dCm [B, S, G, N] = the per-head buffers summed over the heads of each group in order,
+// one thread per output element.
+template <class T>
+__global__ void group_sum_kernel(SsdDims d, const float* dB_heads, const float* dC_heads, T* dBm,
+                                 T* dCm) {
+  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= d.batch * d.seqlen * d.groups * d.state) return;
+  const int64_t n = flat % d.state, g = flat / d.state % d.groups, bt = flat / d.state / d.groups;
+  const int64_t per_group = d.heads / d.groups;
+  float sb = 0.f, sc = 0.f;
+  for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+    const int64_t i = (bt * d.heads + h) * d.state + n;
+    sb += dB_heads[i];
+    sc += dC_heads[i];
+  }
+  dBm[flat] = from_f32<T>(sb);
+  dCm[flat] = from_f32<T>(sc);
+}
+
+// dA[h] += Σ_{b, c} da_part, dD[h] += Σ dd_part (when dD is given): block per head, summed in
+// double in a fixed order.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    param_grad_kernel(SsdDims d, const double* da_part, const double* dd_part, T* dA, T* dD) {
+  __shared__ double partial[kThreads];
+  const int64_t h = blockIdx.x, units = d.batch * d.n_chunks;
+  double da = 0, dd = 0;
+  for (int64_t k = threadIdx.x; k < units; k += kThreads) {
+    da += da_part[k * d.heads + h];
+    dd += dd_part[k * d.heads + h];
+  }
+  da = block_sum(da, partial);
+  if (threadIdx.x == 0) dA[h] = from_f32<T>(float(double(to_f32(dA[h])) + da));
+  if (dD == nullptr) return;
+  dd = block_sum(dd, partial);
+  if (threadIdx.x == 0) dD[h] = from_f32<T>(float(double(to_f32(dD[h])) + dd));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side: checks as on the CPU, then the launchers.
+
+void require(const Tensor& t, const char* name) { require_cuda(t, "ssd", name); }
+
+SsdDims check_ssd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
+                  const Tensor& Cm, const Tensor& D, int64_t chunk_size, const Tensor& seq_idx,
+                  const Tensor& initial_state) {
+  if (x.ndim() != 4) throw Error("ssd", "x shape", "[B, S, H, P]", shape_str(x.shape()));
+  if (Bm.ndim() != 4) throw Error("ssd", "Bm shape", "[B, S, G, N]", shape_str(Bm.shape()));
+  SsdDims d{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3), chunk_size, 0};
+  if (d.groups < 1 || d.heads % d.groups != 0)
+    throw Error("ssd", "n_groups", "a divisor of H = " + std::to_string(d.heads),
+                std::to_string(d.groups));
+  if (chunk_size < 1) throw Error("ssd", "chunk_size", ">= 1", std::to_string(chunk_size));
+  d.n_chunks = (d.seqlen + chunk_size - 1) / chunk_size;
+  expect_shape(Bm, {d.batch, d.seqlen, d.groups, d.state}, "ssd Bm");
+  expect_shape(Cm, {d.batch, d.seqlen, d.groups, d.state}, "ssd Cm");
+  expect_shape(dt, {d.batch, d.seqlen, d.heads}, "ssd dt");
+  expect_shape(A, {d.heads}, "ssd A");
+  if (D.defined()) expect_shape(D, {d.heads}, "ssd D");
+  if (initial_state.defined())
+    expect_shape(initial_state, {d.batch, d.heads, d.head_dim, d.state}, "ssd initial_state");
+  if (seq_idx.defined()) {
+    expect_shape(seq_idx, {d.batch, d.seqlen}, "ssd seq_idx");
+    if (seq_idx.dtype() != DType::I32)
+      throw Error("ssd", "seq_idx dtype", "I32", dtype_name(seq_idx.dtype()));
+  }
+  const std::pair<const char*, const Tensor*> floats[] = {
+      {"dt", &dt}, {"A", &A}, {"Bm", &Bm},
+      {"Cm", &Cm}, {"D", &D}, {"initial_state", &initial_state}};
+  for (const auto& [name, t] : floats)
+    if (t->defined() && t->dtype() != x.dtype())
+      throw Error("ssd", std::string(name) + " dtype", dtype_name(x.dtype()),
+                  dtype_name(t->dtype()));
+  require(x, "x");
+  for (const auto& [name, t] : floats) require(*t, name);
+  require(seq_idx, "seq_idx");
+  return d;
+}
+
+void check_output(const Tensor& t, const Shape& shape, DType dtype, const std::string& what) {
+  expect_shape(t, shape, "ssd " + what);
+  if (t.dtype() != dtype)
+    throw Error("ssd", what + " dtype", dtype_name(dtype), dtype_name(t.dtype()));
+  require(t, what.c_str());
+}
+
+template <class T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? ptr<T>(t) : nullptr;
+}
+
+bool has_blocks(dim3 grid) { return grid.x > 0 && grid.y > 0 && grid.z > 0; }
+
+unsigned tiles(int64_t n) { return unsigned((n + kTile - 1) / kTile); }
+
+// Grid of the tile kernels: (batch, chunk, head) × row tiles of a chunk × column tiles.
+dim3 tile_grid(const SsdDims& d, int64_t columns) {
+  return dim3(unsigned(d.batch * d.n_chunks * d.heads), tiles(std::min(d.chunk, d.seqlen)),
+              tiles(columns));
+}
+
+// What steps 1-3 leave for the rest: [B, S, H] fp32 cumsums and decays, the [B, S] document
+// counters, and the state entering each chunk [B, n_chunks, H, P, N] fp32.
+struct ChunkStates {
+  Tensor cs, decay_in, decay_out, doc, states;
+};
+
+template <class T>
+ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, const Tensor& A,
+                         const Tensor& Bm, const Tensor& seq_idx, const Tensor& initial_state,
+                         Tensor& final_state) {
+  const Shape per_head = {d.batch, d.seqlen, d.heads};
+  ChunkStates r{
+      Tensor::empty(per_head, DType::F32, Device::CUDA),
+      Tensor::empty(per_head, DType::F32, Device::CUDA),
+      Tensor::empty(per_head, DType::F32, Device::CUDA),
+      Tensor::empty({d.batch, d.seqlen}, DType::I32, Device::CUDA),
+      Tensor::empty({d.batch, d.n_chunks, d.heads, d.head_dim, d.state}, DType::F32, Device::CUDA)};
+  const int64_t units = d.batch * d.n_chunks * d.heads;
+  if (units > 0) {
+    chunk_cumsum_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
+        d, ptr<T>(dt), ptr<T>(A), ptr_or_null<int32_t>(seq_idx), ptr<float>(r.cs),
+        ptr<float>(r.decay_in), ptr<float>(r.decay_out), ptr<int32_t>(r.doc));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  const dim3 grid(unsigned(units), tiles(d.head_dim), tiles(d.state));
+  if (has_blocks(grid)) {
+    chunk_state_kernel<T><<<grid, kThreads, 0, stream()>>>(
+        d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm), ptr<float>(r.states));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
+  if (elements > 0) {
+    pass_states_kernel<T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+        d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
+        final_state.defined() ? ptr<T>(final_state) : nullptr);
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  return r;
+}
+
+}  // namespace
+
+void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
+                 const Tensor& Cm, const Tensor& D, int64_t chunk_size, const Tensor& seq_idx,
+                 const Tensor& initial_state, Tensor& y, Tensor& final_state) {
+  const SsdDims d = check_ssd(x, dt, A, Bm, Cm, D, chunk_size, seq_idx, initial_state);
+  check_output(y, x.shape(), x.dtype(), "y");
+  if (final_state.defined())
+    check_output(final_state, {d.batch, d.heads, d.head_dim, d.state}, x.dtype(), "final_state");
+  with_gpu_float_type(x.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, seq_idx, initial_state, final_state);
+    const dim3 grid = tile_grid(d, d.head_dim);
+    if (has_blocks(grid)) {
+      chunk_scan_kernel<T><<<grid, kThreads, 0, stream()>>>(
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D), ptr<float>(cs.cs),
+          ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states), ptr<T>(y));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
+                  const Tensor& Cm, const Tensor& D, int64_t chunk_size, const Tensor& seq_idx,
+                  const Tensor& initial_state, const Tensor& dy, Tensor& dx, Tensor& ddt,
+                  Tensor& dA, Tensor& dBm, Tensor& dCm, Tensor& dD, Tensor& dinitial_state) {
+  const SsdDims d = check_ssd(x, dt, A, Bm, Cm, D, chunk_size, seq_idx, initial_state);
+  const DType f = x.dtype();
+  check_output(dy, x.shape(), f, "dy");
+  check_output(dx, x.shape(), f, "dx");
+  check_output(ddt, dt.shape(), f, "ddt");
+  check_output(dA, A.shape(), f, "dA");
+  check_output(dBm, Bm.shape(), f, "dBm");
+  check_output(dCm, Cm.shape(), f, "dCm");
+  if (dD.defined()) check_output(dD, {d.heads}, f, "dD");
+  if (dinitial_state.defined())
+    check_output(dinitial_state, {d.batch, d.heads, d.head_dim, d.state}, f, "dinitial_state");
+  with_gpu_float_type(f, [&](auto zero) {
+    using T = decltype(zero);
+    Tensor no_final;
+    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, seq_idx, initial_state, no_final);
+    const int64_t units = d.batch * d.n_chunks * d.heads;
+    const int64_t p_tiles = tiles(d.head_dim), n_tiles = tiles(d.state);
+    const Shape per_head = {d.batch, d.seqlen, d.heads};
+    auto f32 = [](const Shape& shape) { return Tensor::empty(shape, DType::F32, Device::CUDA); };
+
+    // dS_out of every chunk: each chunk's own term, then passed backwards.
+    Tensor dstates = f32({d.batch, d.n_chunks, d.heads, d.head_dim, d.state});
+    const dim3 state_grid{unsigned(units), unsigned(p_tiles), unsigned(n_tiles)};
+    if (has_blocks(state_grid)) {
+      chunk_state_kernel<T><<<state_grid, kThreads, 0, stream()>>>(
+          d, ptr<float>(cs.decay_in), static_cast<const T*>(nullptr), ptr<T>(dy), ptr<T>(Cm),
+          ptr<float>(dstates));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
+    if (elements > 0) {
+      pass_states_kernel<T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<float>(dstates), ptr<float>(cs.decay_in), true, static_cast<const T*>(nullptr),
+          dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    Tensor ddecay = f32({units});
+    if (units > 0) {
+      state_decay_grad_kernel<<<unsigned(units), kThreads, 0, stream()>>>(
+          d, ptr<float>(dstates), ptr<float>(cs.states), ptr<float>(ddecay));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+
+    // Per-chunk gradients of x, C and B, with their per-tile shares of ddt, dD and dcs.
+    const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
+    Tensor ddt_part = f32({p_tiles, d.batch, d.seqlen, d.heads}), dD_part = f32(ddt_part.shape());
+    Tensor off_part = f32({n_tiles, d.batch, d.seqlen, d.heads}), v_part = f32(off_part.shape());
+    Tensor rows = f32({row_tiles, d.batch, d.seqlen, d.heads}), cols = f32(rows.shape());
+    Tensor dB_heads = f32({d.batch, d.seqlen, d.heads, d.state}), dC_heads = f32(dB_heads.shape());
+    const dim3 dcs_grid{unsigned(units), unsigned(row_tiles), unsigned(row_tiles)};
+    if (has_blocks(dcs_grid)) {
+      chunk_dcs_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          ptr<int32_t>(cs.doc), ptr<float>(rows), ptr<float>(cols));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    const dim3 dx_grid = tile_grid(d, d.head_dim), bc_grid = tile_grid(d, d.state);
+    if (has_blocks(dx_grid)) {
+      chunk_dx_kernel<T><<<dx_grid, kThreads, 0, stream()>>>(
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D),
+          ptr<float>(cs.cs), ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates),
+          ptr<T>(dx), ptr<float>(ddt_part), ptr<float>(dD_part));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    if (has_blocks(bc_grid)) {
+      chunk_dC_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states),
+          ptr<float>(dC_heads), ptr<float>(off_part));
+      NH_CUDA_CHECK_LAUNCH();
+      chunk_dB_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<float>(dB_heads),
+          ptr<float>(v_part));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+
+    // dt, then the sums over heads (dB, dC) and over the whole batch (dA, dD).
+    Tensor da_part = Tensor::empty({units}, DType::F64, Device::CUDA);
+    Tensor dd_part = Tensor::empty({units}, DType::F64, Device::CUDA);
+    if (units > 0) {
+      const TokenParts parts{ptr<float>(ddt_part),
+                             ptr<float>(dD_part),
+                             ptr<float>(off_part),
+                             ptr<float>(v_part),
+                             ptr<float>(rows),
+                             ptr<float>(cols),
+                             p_tiles,
+                             n_tiles};
+      finish_dt_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<T>(dt), ptr<T>(A), ptr<float>(cs.decay_in), ptr<float>(ddecay), parts, ptr<T>(ddt),
+          ptr<double>(da_part), ptr<double>(dd_part));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    const int64_t bc_elements = dBm.numel();
+    if (bc_elements > 0) {
+      group_sum_kernel<T><<<blocks_for(bc_elements, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<float>(dB_heads), ptr<float>(dC_heads), ptr<T>(dBm), ptr<T>(dCm));
+      NH_CUDA_CHECK_LAUNCH();
+    }
+    if (d.heads > 0) {
+      param_grad_kernel<T><<<unsigned(d.heads), kThreads, 0, stream()>>>(
+          d, ptr<double>(da_part), ptr<double>(dd_part), ptr<T>(dA),
+          dD.defined() ? ptr<T>(dD) : nullptr);
+      NH_CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+}  // namespace nh::cuda

@@ -1,0 +1,86 @@
+// AdamW steps and the squared norm on the GPU against the CPU.
+#include "ops/adamw.h"
+
+#include <cmath>
+#include <string>
+
+#include "cuda/harness.h"
+
+namespace nh {
+namespace {
+
+using test::expect_close;
+using test::random_cpu;
+using test::to_cpu;
+using test::to_gpu;
+using test::tolerance;
+
+const Shape kShapes[] = {{1}, {7, 3}, {1000}, {257, 129}, {1 << 20}, {3, 1000003}};
+
+// Three steps (bias corrections change each step) with weight decay and a gradient scale. The
+// step is computed in fp32 on the GPU and in double on the CPU; lr = 0.1 makes the update large
+// enough that comparing param − param₀ (not only param ≈ param₀) checks the update itself.
+TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
+  uint64_t seed = 1;
+  for (DType grad_dtype : {DType::F32, DType::BF16})
+    for (const Shape& shape : kShapes) {
+      Tensor param = random_cpu(shape, seed++), m = random_cpu(shape, seed++, 0.1);
+      Tensor v = random_cpu(shape, seed++, 0.01);
+      for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] = std::fabs(v.data<float>()[i]);
+      const Tensor param0 = param.clone();
+      Tensor gparam = to_gpu(param), gm = to_gpu(m), gv = to_gpu(v);
+      for (int64_t step = 1; step <= 3; ++step) {
+        const Tensor grad = random_cpu(shape, seed++);
+        const AdamWStep s{.lr = 0.1,
+                          .beta1 = 0.9,
+                          .beta2 = 0.95,
+                          .eps = 1e-8,
+                          .weight_decay = 0.1,
+                          .step = step,
+                          .grad_scale = 0.5};
+        cpu::adamw_step(param, grad, m, v, s);
+        cuda::adamw_step(gparam, to_gpu(grad, grad_dtype), gm, gv, s);
+      }
+      Tensor delta = param.clone(), gdelta = to_cpu(gparam);
+      for (int64_t i = 0; i < delta.numel(); ++i) {
+        delta.data<float>()[i] -= param0.data<float>()[i];
+        gdelta.data<float>()[i] -= param0.data<float>()[i];
+      }
+      const std::string what = shape_str(shape) + " grad " + dtype_name(grad_dtype);
+      // A bf16 gradient changes m, v and the update by its rounding (2^-9 relative).
+      const double tol = tolerance(grad_dtype);
+      expect_close("adamw param " + what, gparam, param, tol);
+      expect_close("adamw update " + what, to_gpu(gdelta), delta, tol);
+      expect_close("adamw m " + what, gm, m, tol);
+      expect_close("adamw v " + what, gv, v, tol);
+    }
+}
+
+TEST(CudaAdamW, MismatchedSizesAndDtypesThrow) {
+  Tensor p = test::gpu_zeros({4}, DType::F32), g = test::gpu_zeros({4}, DType::F32);
+  Tensor m = test::gpu_zeros({4}, DType::F32), v_bad = test::gpu_zeros({5}, DType::F32);
+  Tensor m_bf16 = test::gpu_zeros({4}, DType::BF16);
+  const AdamWStep s{.lr = 1e-3};
+  EXPECT_THROW(cuda::adamw_step(p, g, m, v_bad, s), Error);
+  EXPECT_THROW(cuda::adamw_step(p, g, m_bf16, m, s), Error);
+}
+
+// The GPU squares in double the same values the CPU does and sums them in another order:
+// double rounding over ≤ 3·10^6 positive terms stays below 1e-12 relative.
+TEST(CudaSumOfSquares, MatchesCpuAndIsDeterministic) {
+  uint64_t seed = 100;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (const Shape& shape : kShapes) {
+      // The CPU sums the values as the GPU stores them.
+      const Tensor t = random_cpu(shape, seed++).to(dtype).to(DType::F32);
+      const double want = cpu::sum_of_squares(t);
+      const Tensor gt = to_gpu(t, dtype);
+      const double got = cuda::sum_of_squares(gt), again = cuda::sum_of_squares(gt);
+      EXPECT_NEAR(got, want, 1e-12 * want) << shape_str(shape) << " " << dtype_name(dtype);
+      EXPECT_EQ(got, again) << shape_str(shape) << " " << dtype_name(dtype);
+    }
+  EXPECT_EQ(cuda::sum_of_squares(test::gpu_zeros({0}, DType::F32)), 0.0);
+}
+
+}  // namespace
+}  // namespace nh
