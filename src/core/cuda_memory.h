@@ -4,15 +4,33 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/tensor.h"
 
 namespace nh {
 
 bool cuda_available();
+// Stream-ordered allocation on the stream the ops run on; freed memory stays in the pool.
 std::shared_ptr<void> cuda_allocate(size_t bytes);
 void cuda_memset_zero(void* p, size_t bytes);
+// Copies between any two devices (waits for the copy to finish when either side is the host).
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// dst[i] = src[i] converted, both on the GPU; float dtypes F32, F16 and BF16.
+void cuda_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n);
+// Waits until every op queued so far has finished.
+void cuda_synchronize();
+// The current GPU's name ("NVIDIA H100 80GB HBM3"); empty without one.
+std::string cuda_device_name();
+
+// Bytes of device memory held by tensors now and the most held since the last reset, and what
+// the device has free and in total.
+struct DeviceMemoryStats {
+  int64_t current = 0, peak = 0, free = 0, total = 0;
+};
+DeviceMemoryStats device_memory_stats();
+void reset_device_memory_peak();
 
 }  // namespace nh

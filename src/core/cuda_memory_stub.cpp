@@ -13,5 +13,10 @@ bool cuda_available() { return false; }
 std::shared_ptr<void> cuda_allocate(size_t) { no_cuda(); }
 void cuda_memset_zero(void*, size_t) { no_cuda(); }
 void cuda_copy(void*, Device, const void*, Device, size_t) { no_cuda(); }
+void cuda_convert(void*, DType, const void*, DType, int64_t) { no_cuda(); }
+void cuda_synchronize() {}
+std::string cuda_device_name() { return ""; }
+DeviceMemoryStats device_memory_stats() { return {}; }
+void reset_device_memory_peak() {}
 
 }  // namespace nh

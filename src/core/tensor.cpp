@@ -114,6 +114,13 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
 namespace {
 template <class T>
 void store_all(const Tensor& src, T* dst) {
@@ -140,8 +147,14 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.shape_ != shape_)
     throw Error("copy", "shape", shape_str(shape_), shape_str(src.shape_));
   if (device_ != Device::CPU || src.device_ != Device::CPU) {
-    NH_CHECK(src.dtype_ == dtype_, "device copies do not convert dtypes");
-    cuda_copy(data_, device_, src.data_, src.device_, nbytes());
+    if (src.dtype_ == dtype_)
+      cuda_copy(data_, device_, src.data_, src.device_, nbytes());
+    else if (device_ == src.device_)
+      cuda_convert(data_, dtype_, src.data_, src.dtype_, numel_);
+    else if (src.device_ == Device::CPU)
+      copy_from(src.to(dtype_));  // convert on the host, then copy
+    else
+      copy_from(src.to(Device::CPU));
     return;
   }
   if (src.dtype_ == dtype_) {
@@ -167,7 +180,6 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 void Tensor::fill(double value) {
-  NH_CHECK(device_ == Device::CPU, "fill is CPU only");
   Tensor one = Tensor::from(std::vector<double>(size_t(numel_), value), shape_);
   copy_from(one);
 }

@@ -52,11 +52,14 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Rows [begin, end) along dimension 0, sharing storage.
   Tensor slice0(int64_t begin, int64_t end) const;
-  // Deep copy, optionally converting the float dtype (CPU only for now).
+  // Deep copy on the same device, optionally converting the dtype (on the GPU: float dtypes).
   Tensor clone() const;
   Tensor to(DType dtype) const;
-  void copy_from(const Tensor& src);  // same shape; converts dtype (CPU)
-  void fill(double value);            // CPU, float dtypes
+  // A copy on `device` (this tensor itself when it is already there).
+  Tensor to(Device device) const;
+  // Same shape; converts the dtype and crosses devices as needed.
+  void copy_from(const Tensor& src);
+  void fill(double value);  // float and integer dtypes, any device
 
  private:
   std::shared_ptr<void> storage_;

@@ -303,7 +303,10 @@ void write_safetensors(const std::string& path,
   AtomicFileWriter f(path);
   f.write(length, 8);
   f.write(json.data(), json.size());
-  for (size_t i : order) f.write(tensors[i].second.raw(), tensors[i].second.nbytes());
+  for (size_t i : order) {
+    const Tensor host = tensors[i].second.to(Device::CPU);  // one tensor at a time off the GPU
+    f.write(host.raw(), host.nbytes());
+  }
   f.commit();
 }
 

@@ -73,7 +73,7 @@ void MambaMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   ssd_forward(x_, dt_, A_, bm_, cm_, D_, chunk_, batch.seq_idx, none, y_, none);
 
   g_ = make({t, d_inner_});
-  rstd_ = make({t, groups_});
+  rstd_ = Tensor::empty({t, groups_}, stats_dtype(dt), dev);
   gated_rmsnorm_forward(y_.reshape({t, d_inner_}), z_, norm_w_, groups_, eps_, g_, rstd_);
   out_proj_.forward(g_, out);
 }

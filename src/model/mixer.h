@@ -20,6 +20,12 @@ struct Batch {
   int64_t tokens() const { return batch * seq; }
 };
 
+// The dtype of per-row statistics saved for the backward (1/rms of the norms): fp32 when the
+// activations are bf16 or fp16, else the activations' own.
+inline DType stats_dtype(DType activations) {
+  return activations == DType::BF16 || activations == DType::F16 ? DType::F32 : activations;
+}
+
 class Mixer {
  public:
   virtual ~Mixer() = default;

@@ -16,6 +16,13 @@ namespace fs = std::filesystem;
 
 Model::Model(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
+  bind();
+  recompute_.assign(mixers_.size(), false);
+}
+
+void Model::bind() {
+  grads_ = ParamSet();
+  mixers_.clear();
   // Gradients for trainable parameters only (the correction bias is a buffer).
   for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases))
     if (spec.trainable) {
@@ -26,7 +33,25 @@ Model::Model(ModelConfig config, ModelWeights weights)
     LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.");
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
   }
-  recompute_.assign(mixers_.size(), false);
+}
+
+void Model::to(Device device, DType dtype) {
+  ParamSet moved;
+  for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases)) {
+    const Tensor& p = weights_.params.at(spec.name);
+    const DType want = spec.trainable ? dtype : DType::F32;
+    moved.add(spec.name, p.dtype() == want ? p.to(device) : p.to(Device::CPU).to(want).to(device));
+  }
+  // Release the old copies before the gradients are made on the new device.
+  weights_.params = ParamSet();
+  grads_ = ParamSet();
+  mixers_.clear();
+  resid_.clear();
+  normed_.clear();
+  rstd_.clear();
+  final_in_ = final_normed_ = final_rstd_ = ids_ = targets_ = Tensor();
+  weights_.params = std::move(moved);
+  bind();
 }
 
 void Model::set_recompute(const std::vector<LayerKind>& kinds) {
@@ -90,13 +115,13 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
   const DType dt = emb.dtype();
   const Device dev = emb.device();
   const int64_t d = config_.hidden_size;
-  batch_ = Batch{ids.size(0), ids.size(1), seq_idx};
-  ids_ = ids;
-  targets_ = targets;
+  batch_ = Batch{ids.size(0), ids.size(1), seq_idx.defined() ? seq_idx.to(dev) : seq_idx};
+  ids_ = ids.to(dev);
+  targets_ = targets.defined() ? targets.to(dev) : targets;
   const int64_t t = batch_.tokens();
 
   Tensor h = Tensor::empty({t, d}, dt, dev);
-  embedding_forward(ids, emb, h);
+  embedding_forward(ids_, emb, h);
   const size_t n = mixers_.size();
   resid_.assign(n, Tensor());
   normed_.assign(n, Tensor());
@@ -104,7 +129,7 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
   for (size_t l = 0; l < n; ++l) {
     resid_[l] = h.clone();
     normed_[l] = Tensor::empty({t, d}, dt, dev);
-    rstd_[l] = Tensor::empty({t}, dt, dev);
+    rstd_[l] = Tensor::empty({t}, stats_dtype(dt), dev);
     rmsnorm_forward(h, weights_.params.at("layers." + std::to_string(l) + ".norm.weight"),
                     config_.layer_norm_epsilon, normed_[l], rstd_[l]);
     Tensor out = Tensor::empty({t, d}, dt, dev);
@@ -114,12 +139,22 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
   }
   final_in_ = h;
   final_normed_ = Tensor::empty({t, d}, dt, dev);
-  final_rstd_ = Tensor::empty({t}, dt, dev);
+  final_rstd_ = Tensor::empty({t}, stats_dtype(dt), dev);
   rmsnorm_forward(h, weights_.params.at("norm_f.weight"), config_.layer_norm_epsilon,
                   final_normed_, final_rstd_);
-  Tensor labels = targets.defined() ? targets.reshape({t}) : Tensor::zeros({t}, DType::I64);
-  if (!targets.defined()) labels.fill(-100);
-  return lm_head_loss_forward(final_normed_, head_weight(), labels, logits);
+  Tensor labels;
+  if (targets_.defined()) {
+    labels = targets_.reshape({t});
+  } else {
+    labels = Tensor::empty({t}, DType::I64, dev);
+    labels.fill(-100);
+  }
+  if (!logits.defined() || (logits.device() == dev && logits.dtype() == dt))
+    return lm_head_loss_forward(final_normed_, head_weight(), labels, logits);
+  Tensor here = Tensor::empty(logits.shape(), dt, dev);
+  const LossSum loss = lm_head_loss_forward(final_normed_, head_weight(), labels, here);
+  logits.copy_from(here);
+  return loss;
 }
 
 void Model::backward(double grad_scale) {

@@ -24,6 +24,12 @@ class Model {
   // written to temporary names and renamed.
   void save(const std::string& dir) const;
 
+  // Moves the parameters to `device` in `dtype` (buffers such as the router's correction bias
+  // stay F32); gradients are recreated there as zeros and saved activations are dropped.
+  void to(Device device, DType dtype);
+  Device device() const { return params().at("embeddings.weight").device(); }
+  DType dtype() const { return params().at("embeddings.weight").dtype(); }
+
   const ModelConfig& config() const { return config_; }
   ParamSet& params() { return weights_.params; }
   const ParamSet& params() const { return weights_.params; }
@@ -32,7 +38,8 @@ class Model {
   bool tied_head() const { return weights_.tied_head; }
 
   // ids I64 [B, S]; targets I64 [B, S] aligned (target of position t, -100 ignored) or
-  // undefined; seq_idx I32 [B, S] or undefined. Writes logits [B·S, V] when defined.
+  // undefined; seq_idx I32 [B, S] or undefined; on any device (moved to the model's).
+  // Writes logits [B·S, V] when defined (any device and float dtype; converted).
   LossSum forward(const Tensor& ids, const Tensor& targets, const Tensor& seq_idx,
                   Tensor& logits);
   // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
@@ -48,6 +55,8 @@ class Model {
 
  private:
   Model(ModelConfig config, ModelWeights weights);
+  // Gradients (zeros, beside each trainable parameter) and the mixers bound to both.
+  void bind();
   const Tensor& head_weight() const;
 
   ModelConfig config_;

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/cuda_memory.h"
+
 namespace nh {
 
 namespace {
@@ -109,7 +111,12 @@ ParamSet ParamSet::zeros_like(DType dtype) const {
 }
 
 void ParamSet::fill_zero() {
-  for (auto& [name, t] : index_) std::memset(t.raw(), 0, t.nbytes());
+  for (auto& [name, t] : index_) {
+    if (t.device() == Device::CPU)
+      std::memset(t.raw(), 0, t.nbytes());
+    else
+      cuda_memset_zero(t.raw(), t.nbytes());
+  }
 }
 
 }  // namespace nh

@@ -113,7 +113,7 @@ std::vector<std::pair<std::string, Tensor>> hf_tensors(const ModelConfig& config
     return it == w.file_dtype.end() ? w.params.at(name).dtype() : it->second;
   };
   for (const auto& spec : param_specs(config, w.tied_head, w.attention_biases)) {
-    const Tensor& t = w.params.at(spec.name);
+    const Tensor t = w.params.at(spec.name).to(Device::CPU);
     const DType dt = dtype_for(spec.name);
     const std::string file = spec.name == "lm_head.weight" ? spec.name : "backbone." + spec.name;
     if (is_expert_weight(spec.name)) {

@@ -31,9 +31,13 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+// True when the model holds full-precision parameters its files round (the optimizer holds the
+// masters itself when the model computes in bf16).
 bool needs_master(const Model& model) {
   for (const auto& [name, dtype] : model.weights().file_dtype)
-    if (dtype != DType::F32 && model.params().has(name)) return true;
+    if (dtype != DType::F32 && model.params().has(name) &&
+        model.params().at(name).dtype() == DType::F32)
+      return true;
   return false;
 }
 

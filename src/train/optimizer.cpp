@@ -7,14 +7,22 @@
 
 namespace nh {
 
-Optimizer::Optimizer(Model& model, OptimizerSettings settings) : settings_(settings) {
+Optimizer::Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision)
+    : settings_(settings) {
   const auto& w = model.weights();
   for (const auto& spec : param_specs(model.config(), w.tied_head, w.attention_biases)) {
     if (!spec.trainable) continue;
     Tensor p = model.params().at(spec.name);
+    Tensor master;
+    if (p.dtype() != DType::F32 && p.dtype() != DType::F64) {
+      const Tensor& from = full_precision ? full_precision->at(spec.name) : p;
+      master = Tensor::empty(p.shape(), DType::F32, p.device());
+      master.copy_from(from);
+    }
     slots_.push_back({spec.name, p, model.grads().at(spec.name),
                       Tensor::zeros(p.shape(), DType::F32, p.device()),
-                      Tensor::zeros(p.shape(), DType::F32, p.device()), spec.weight_decay});
+                      Tensor::zeros(p.shape(), DType::F32, p.device()), master,
+                      spec.weight_decay});
   }
 }
 
@@ -31,7 +39,12 @@ StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
   for (auto& s : slots_) {
     AdamWStep a{lr, settings_.beta1, settings_.beta2, settings_.eps,
                 s.decay ? settings_.weight_decay : 0.0, step, scale};
-    adamw_step(s.param, s.grad, s.m, s.v, a);
+    if (s.master.defined()) {
+      adamw_step(s.master, s.grad, s.m, s.v, a);
+      s.param.copy_from(s.master);
+    } else {
+      adamw_step(s.param, s.grad, s.m, s.v, a);
+    }
   }
   return r;
 }
@@ -41,6 +54,7 @@ std::vector<std::pair<std::string, Tensor>> Optimizer::state() const {
   for (const auto& s : slots_) {
     out.emplace_back("exp_avg/" + s.name, s.m);
     out.emplace_back("exp_avg_sq/" + s.name, s.v);
+    if (s.master.defined()) out.emplace_back("master/" + s.name, s.master);
   }
   return out;
 }
@@ -56,7 +70,7 @@ void Optimizer::load_state(const std::vector<std::pair<std::string, Tensor>>& te
       if (it == by_name.end()) throw Error(where, name, "an optimizer state tensor", "none");
       if (it->second->shape() != dst->shape())
         throw Error(where, name, "shape " + shape_str(dst->shape()), shape_str(it->second->shape()));
-      dst->copy_from(it->second->to(DType::F32));
+      dst->copy_from(*it->second);
     }
 }
 

@@ -323,8 +323,8 @@ class RecipeReader {
     need(r.moe_router_bias_update_rate >= 0, "moe_router_bias_update_rate",
          "a number >= 0 (0 disables)", format_double(r.moe_router_bias_update_rate));
     non_negative(r.max_skipped_steps, "max_skipped_steps");
-    need(r.device == "cpu" || r.device == "cuda", "device", "one of cpu, cuda",
-         in_quotes(r.device));
+    need(r.device == "cpu" || r.device == "cuda" || r.device == "auto", "device",
+         "one of cpu, cuda, auto", in_quotes(r.device));
   }
 
  private:

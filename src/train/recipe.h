@@ -59,7 +59,7 @@ struct Recipe {
                                               // mamba, attention, mlp, moe, or all
   double moe_router_bias_update_rate = 1e-3;  // aux-loss-free balancing; 0 disables
   int64_t max_skipped_steps = 10;             // non-finite steps in a row before stopping
-  std::string device = "cpu";
+  std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
   std::string out = "runs/run";
   std::string sample_prompt;  // a short generation at the end of the run, when set
 

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include "core/cuda_memory.h"
+#include "core/device_select.h"
 #include "io/tokenizer.h"
 #include "model/presets.h"
 #include "ops/moe.h"
@@ -91,16 +93,26 @@ double mean_loss(Model& model, DataStream& stream, const Recipe& r, int64_t iter
   return count ? sum / double(count) : NAN;
 }
 
-// Adds `from` (I64 [E]) into `into`.
+// Adds `from` (I64 [E], any device) into `into` (on the CPU).
 void add_load(Tensor& into, const Tensor& from) {
-  for (int64_t e = 0; e < into.numel(); ++e) into.data<int64_t>()[e] += from.data<int64_t>()[e];
+  const Tensor f = from.to(Device::CPU);
+  for (int64_t e = 0; e < into.numel(); ++e) into.data<int64_t>()[e] += f.data<int64_t>()[e];
+}
+
+// Puts a CPU fp32 model on `device` in the recipe's precision; returns the fp32 parameters it
+// was rounded from (the optimizer's masters start from them), empty when nothing was rounded.
+ParamSet place_model(Model& model, Device device, const Recipe& r) {
+  if (device == Device::CPU) return {};
+  const DType dtype = r.precision == "bf16" ? DType::BF16 : DType::F32;
+  ParamSet full = dtype == DType::F32 ? ParamSet() : model.params();
+  model.to(device, dtype);
+  return full;
 }
 
 }  // namespace
 
 TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
-  if (r.device != "cpu")
-    throw Error("recipe", "device", "cpu (the CUDA backend has no kernels yet)", r.device);
+  const Device device = select_device(r.device, "recipe");
   fs::create_directories(r.out);
   const std::string tok_path = tokenizer_path(r);
   const Tokenizer tokenizer = Tokenizer::load(tok_path);
@@ -120,7 +132,9 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                                             std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
   model.set_recompute(recompute_kinds(r));
-  Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad});
+  const ParamSet full_precision = place_model(model, device, r);
+  Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad},
+                      full_precision.names().empty() ? nullptr : &full_precision);
   if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer);
 
   DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
@@ -149,7 +163,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   const int64_t accum = r.global_batch_size / r.micro_batch_size;
   const LrSchedule schedule{r.lr_schedule, r.lr, r.min_lr, r.warmup_steps, steps,
                             r.wsd_decay_fraction};
-  MetricsLogger metrics(r.out, steps, 0.0, true, r.log_interval);
+  MetricsLogger metrics(r.out, steps, device == Device::CUDA ? gpu_bf16_peak_flops() : 0.0, true,
+                        r.log_interval);
   if (quiet) {
     static std::ostringstream sink;
     metrics.set_console(sink, false);
@@ -190,7 +205,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       step_tokens += b.ids.numel();
       const auto micro_loads = model.expert_loads();
       if (loads.empty())
-        for (const auto& [layer, load] : micro_loads) loads.emplace_back(layer, load.clone());
+        for (const auto& [layer, load] : micro_loads)
+          loads.emplace_back(layer, load.to(Device::CPU).clone());
       else
         for (size_t i = 0; i < loads.size(); ++i) add_load(loads[i].second, micro_loads[i].second);
     }
@@ -211,7 +227,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       double worst = 0;
       for (const auto& [layer, load] : loads) {
         if (r.moe_router_bias_update_rate > 0)
-          moe_update_correction_bias(model.correction_bias(layer), load, r.moe_router_bias_update_rate);
+          moe_update_correction_bias(model.correction_bias(layer), load.to(device),
+                                     r.moe_router_bias_update_rate);
         int64_t max = 0, total = 0;
         for (int64_t e = 0; e < load.numel(); ++e) {
           max = std::max(max, load.data<int64_t>()[e]);
@@ -220,6 +237,10 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
         if (total) worst = std::max(worst, double(max) * double(load.numel()) / double(total));
       }
       if (!loads.empty()) m.extra["moe_max_load_over_mean"] = worst;
+    }
+    if (device == Device::CUDA) {
+      cuda_synchronize();
+      m.extra["gpu_memory_peak_gib"] = double(device_memory_stats().peak) / double(1 << 30);
     }
     ++step;
     tokens_seen += step_tokens;
@@ -273,6 +294,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
 
 double evaluate(const std::string& model_dir, const Recipe& r, int64_t iters) {
   Model model = Model::load(model_dir);
+  place_model(model, select_device(r.device, "recipe"), r);
   const Tokenizer tokenizer = Tokenizer::load(r.tokenizer.empty() ? model_dir : r.tokenizer);
   DataStream stream(stream_config(r, tokenizer, model.config().vocab_size, 1));
   return mean_loss(model, stream, r, iters);
