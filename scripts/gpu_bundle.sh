@@ -12,7 +12,8 @@ rm -rf "$out"
 mkdir -p "$out/lib" "$out/tests"
 cp "$build/nemotronh" "$out/"
 cp "$build/tests/nemotronh-test-ops" "$out/tests/"
-for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops"; do
+cp "$build/bench/nemotronh-bench-step" "$out/"
+for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops" "$out/nemotronh-bench-step"; do
   strip "$bin"
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case $(basename "$lib") in

@@ -827,4 +827,16 @@ json to_hf_json(const ModelConfig& c) {
   return j;
 }
 
+ModelConfig with_layer_pattern(const ModelConfig& c, const std::string& pattern,
+                               const std::string& where) {
+  if (pattern.empty()) return c;
+  if (c.model_type != "nemotron_h")
+    throw Error(where, "hybrid_override_pattern", "a nemotron_h model", c.model_type);
+  json j = to_hf_json(c);
+  j.erase("layers_block_type");
+  j["hybrid_override_pattern"] = pattern;
+  j["num_hidden_layers"] = pattern.size();
+  return parse_config(j, where);
+}
+
 }  // namespace nh

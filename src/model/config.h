@@ -118,6 +118,12 @@ ModelConfig parse_config_text(std::string_view text, const std::string& where);
 // A config.json file, or <dir>/config.json when `path_or_dir` is a directory.
 ModelConfig load_config(const std::string& path_or_dir);
 
+// The config with its layers replaced by `pattern` (hybrid_override_pattern characters),
+// validated as a config.json would be; `pattern` empty returns the config unchanged. Only for
+// nemotron_h models; problems are an Error naming `where` and hybrid_override_pattern.
+ModelConfig with_layer_pattern(const ModelConfig& config, const std::string& pattern,
+                               const std::string& where);
+
 // The config.json to write when saving: `raw` (unknown keys survive) with the canonical keys
 // set, legacy aliases removed, time_step_limit's infinity as {"__float__": "Infinity"}.
 // nemotron_h writes layers_block_type (new names) plus hybrid_override_pattern and

@@ -39,9 +39,10 @@ struct Field {
   Member member;
 };
 
-const std::array<Field, 36> kFields = {{
+const std::array<Field, 37> kFields = {{
     {"model", &Recipe::model},
     {"init_from", &Recipe::init_from},
+    {"hybrid_override_pattern", &Recipe::hybrid_override_pattern},
     {"tokenizer", &Recipe::tokenizer},
     {"seq_length", &Recipe::seq_length},
     {"global_batch_size", &Recipe::global_batch_size},
@@ -307,6 +308,9 @@ class RecipeReader {
     need(r.adam_eps > 0, "adam_eps", "a number > 0", format_double(r.adam_eps));
     need(r.clip_grad >= 0, "clip_grad", "a number >= 0 (0 disables clipping)",
          format_double(r.clip_grad));
+    need(r.hybrid_override_pattern.empty() || r.init_from.empty(), "hybrid_override_pattern",
+         "empty when init_from is set (a checkpoint's layers are fixed)",
+         in_quotes(r.hybrid_override_pattern));
     need(r.precision == "bf16" || r.precision == "fp32", "precision", "one of bf16, fp32",
          in_quotes(r.precision));
     check_split(r.split);

@@ -24,6 +24,9 @@ struct Recipe {
   std::string model = "tiny-hybrid";
   std::string init_from;  // HF directory to continue from (continued pretraining, fine-tuning)
   std::string tokenizer;  // tokenizer.json or its directory; default: the model directory's
+  // Replaces the model's layer list (Megatron's --hybrid-override-pattern): a slice or a
+  // shorter stack of a published shape. Only for models initialised from scratch.
+  std::string hybrid_override_pattern;
 
   int64_t seq_length = 256;
   int64_t global_batch_size = 8;  // sequences per optimizer step

@@ -72,7 +72,8 @@ Model new_model(const Recipe& r) {
   if (!r.init_from.empty()) return Model::load(r.init_from);
   const bool is_file = r.model.ends_with(".json") || fs::is_directory(r.model);
   const ModelConfig config = is_file ? load_config(r.model) : preset_config(r.model);
-  return Model::init(config, r.seed, r.precision == "bf16" ? DType::BF16 : DType::F32);
+  return Model::init(with_layer_pattern(config, r.hybrid_override_pattern, "recipe"), r.seed,
+                     r.precision == "bf16" ? DType::BF16 : DType::F32);
 }
 
 int64_t total_steps(const Recipe& r) {

@@ -218,4 +218,22 @@ TEST(Train, UnwritableRunDirectoryIsAClearError) {
   EXPECT_THROW(train(r, false, true), std::exception);
 }
 
+TEST(Train, HybridOverridePatternReplacesTheLayers) {
+  test::TempDir tmp;
+  Recipe r = small_recipe(tmp, "run");
+  r.max_steps = 1;
+  r.hybrid_override_pattern = "M*-M";
+  const TrainOutcome t = train(r, false, true);
+  EXPECT_EQ(load_config(t.checkpoint).pattern(), "M*-M");
+
+  r.out = tmp / "bad";
+  r.hybrid_override_pattern = "MX";
+  try {
+    train(r, false, true);
+    FAIL() << "a bad pattern trained";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("hybrid_override_pattern"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace nh

@@ -1,0 +1,170 @@
+// nemotronh-bench-step: times whole training steps (forward, backward and optionally AdamW) of a
+// model on random tokens and prints one JSON line per run: median step time, tokens/s, model
+// TFLOP/s and MFU, peak device memory, loss. For sizing runs (what fits, with or without
+// recompute) and for comparing against the PyTorch stack at the same shape.
+//
+//   nemotronh-bench-step --model nemotron-h-8b [--pattern M-M-M-M*-] [--seq 8192] [--batch 1]
+//                        [--steps 5] [--warmup 2] [--recompute all] [--optimizer adamw|none]
+//                        [--dtype bf16|fp32] [--device cuda|cpu]
+// --model is a preset name, a config.json, or an HF directory (its weights are loaded).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/cuda_memory.h"
+#include "core/device_select.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "model/presets.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+
+namespace nh {
+namespace {
+
+struct Options {
+  std::string model = "nemotron-h-8b", pattern, recompute = "none", optimizer = "adamw";
+  std::string dtype = "bf16", device = "auto";
+  int64_t seq = 8192, batch = 1, steps = 5, warmup = 2;
+  uint64_t seed = 1;
+};
+
+std::vector<LayerKind> recompute_kinds(const std::string& s) {
+  if (s == "none") return {};
+  if (s == "all") return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
+  std::vector<LayerKind> out;
+  for (char c : s) {
+    if (c == 'M') out.push_back(LayerKind::Mamba);
+    else if (c == '*') out.push_back(LayerKind::Attention);
+    else if (c == '-') out.push_back(LayerKind::Mlp);
+    else if (c == 'E') out.push_back(LayerKind::Moe);
+    else throw Error("--recompute", "value", "none, all, or layer characters M * - E", s);
+  }
+  return out;
+}
+
+Model make_model(const Options& o, DType dtype) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(o.model) && fs::exists(fs::path(o.model) / "model.safetensors.index.json"))
+    return Model::load(o.model, dtype);
+  if (fs::is_directory(o.model) && fs::exists(fs::path(o.model) / "model.safetensors"))
+    return Model::load(o.model, dtype);
+  const bool is_file = o.model.ends_with(".json") || fs::is_directory(o.model);
+  const ModelConfig c = is_file ? load_config(o.model) : preset_config(o.model);
+  return Model::init(with_layer_pattern(c, o.pattern, "--pattern"), o.seed);
+}
+
+Tensor random_tokens(int64_t b, int64_t s, int64_t vocab, Rng& rng) {
+  Tensor t = Tensor::empty({b, s}, DType::I64);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(rng.uniform() * double(vocab)));
+  return t;
+}
+
+double gib(int64_t bytes) { return double(bytes) / double(int64_t(1) << 30); }
+
+int run(const Options& o) {
+  const Device device = select_device(o.device, "--device");
+  const DType dtype = o.dtype == "bf16" ? DType::BF16 : DType::F32;
+  if (o.dtype != "bf16" && o.dtype != "fp32") throw Error("--dtype", "value", "bf16 or fp32", o.dtype);
+  if (o.optimizer != "adamw" && o.optimizer != "none")
+    throw Error("--optimizer", "value", "adamw or none", o.optimizer);
+  const auto t_load = std::chrono::steady_clock::now();
+  Model model = make_model(o, device == Device::CUDA ? dtype : DType::F32);
+  ParamSet full;
+  if (o.optimizer == "adamw" && model.dtype() == DType::F32 && dtype != DType::F32)
+    full = model.params();
+  if (device == Device::CUDA) model.to(device, dtype);
+  model.set_recompute(recompute_kinds(o.recompute));
+  std::unique_ptr<Optimizer> opt;
+  if (o.optimizer == "adamw")
+    opt = std::make_unique<Optimizer>(model, OptimizerSettings{},
+                                      full.names().empty() ? nullptr : &full);
+  full = ParamSet();
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+
+  const ModelConfig& c = model.config();
+  Rng rng(o.seed);
+  std::vector<double> ms;
+  double loss = 0;
+  reset_device_memory_peak();
+  for (int64_t i = 0; i < o.warmup + o.steps; ++i) {
+    const Tensor ids = random_tokens(o.batch, o.seq, c.vocab_size, rng).to(device);
+    const Tensor targets = random_tokens(o.batch, o.seq, c.vocab_size, rng).to(device);
+    if (device == Device::CUDA) cuda_synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    model.grads().fill_zero();
+    Tensor none;
+    const LossSum l = model.forward(ids, targets, Tensor(), none);
+    model.backward(1.0 / double(l.count));
+    if (opt) opt->step(1.0, 1e-5, i + 1);
+    if (device == Device::CUDA) cuda_synchronize();
+    const double step_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    loss = l.sum / double(l.count);
+    if (i >= o.warmup) ms.push_back(step_ms);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms.empty() ? 0 : ms[ms.size() / 2];
+  const double tokens = double(o.batch * o.seq);
+  const double flops = model_flops_per_token(c, o.seq) * tokens;
+  const double peak = device == Device::CUDA ? gpu_bf16_peak_flops() : 0;
+  const DeviceMemoryStats mem = device_memory_stats();
+  int64_t params = 0;
+  for (const auto& n : model.params().names()) params += model.params().at(n).numel();
+  nlohmann::ordered_json j = {
+      {"bench", "step"},
+      {"model", o.model},
+      {"pattern", c.pattern()},
+      {"params", params},
+      {"device", device == Device::CUDA ? cuda_device_name() : "cpu"},
+      {"dtype", o.dtype},
+      {"batch", o.batch},
+      {"seq", o.seq},
+      {"recompute", o.recompute},
+      {"optimizer", o.optimizer},
+      {"steps", o.steps},
+      {"load_s", load_s},
+      {"step_ms_median", median},
+      {"step_ms_min", ms.empty() ? 0 : ms.front()},
+      {"tokens_per_s", median > 0 ? tokens / (median / 1e3) : 0},
+      {"model_tflops", median > 0 ? flops / (median / 1e3) / 1e12 : 0},
+      {"mfu", peak > 0 && median > 0 ? flops / (median / 1e3) / peak : 0},
+      {"peak_tensor_gib", gib(mem.peak)},
+      {"device_used_gib", gib(mem.total - mem.free)},
+      {"loss", loss},
+  };
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace nh
+
+int main(int argc, char** argv) {
+  nh::Options o;
+  CLI::App app{"Times training steps of a model on random tokens"};
+  app.add_option("--model", o.model, "preset, config.json or HF directory")->capture_default_str();
+  app.add_option("--pattern", o.pattern, "replace the layers (hybrid_override_pattern)");
+  app.add_option("--seq", o.seq, "tokens per row")->capture_default_str();
+  app.add_option("--batch", o.batch, "rows per step")->capture_default_str();
+  app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--recompute", o.recompute, "none, all, or layer characters (M*-E)")
+      ->capture_default_str();
+  app.add_option("--optimizer", o.optimizer, "adamw or none")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "bf16 or fp32 compute")->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
+  app.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    return nh::run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nemotronh-bench-step: %s\n", e.what());
+    return 2;
+  }
+}
