@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "core/cuda_memory.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "io/atomic_file.h"
@@ -35,12 +36,15 @@ void run(Options o) {
   }
   const Recipe r = load_recipe(path, o.set);
   const TrainOutcome t = train(r, o.resume);
+  const int64_t gpu_peak = device_memory_stats().peak;
+  const std::string gpu =
+      gpu_peak > 0 ? ", GPU " + std::to_string(gpu_peak >> 20) + " MiB" : std::string();
   std::fprintf(stderr,
                "%s after %lld steps: loss %.4f (first %.4f), %.0f tokens/s, peak tensor memory "
-               "%.1f MiB; checkpoint %s\n",
+               "%.1f MiB host%s; checkpoint %s\n",
                t.interrupted ? "interrupted" : "done", (long long)t.steps, t.last_loss,
                t.first_loss, t.tokens_per_s, double(host_memory_stats().peak) / (1 << 20),
-               t.checkpoint.c_str());
+               gpu.c_str(), t.checkpoint.c_str());
 }
 
 }  // namespace

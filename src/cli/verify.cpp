@@ -20,11 +20,13 @@ struct Options {
   double rtol = 0, grad_rtol = 0;  // 0: the default of the compute dtype
 };
 
-// Default tolerances of ‖a−b‖/‖b‖ against fp32 references: fp32 compute agrees to rounding
-// noise; bf16 compute (8-bit mantissa, relative step 2^-8 ≈ 0.4 %) drifts further through the
-// layers, and gradients more than the forward.
+// Default tolerances of ‖a−b‖/‖b‖ against fp32 references. fp32 compute agrees to rounding
+// noise. bf16 compute (8-bit mantissa) drifts through the layers, gradients of per-head scalars
+// (dt_bias, A_log, D) most, being sums of many cancelling terms: transformers itself in bf16
+// differs from its fp32 reference by up to 5.5 % (dense_hybrid dt_bias) and 7.2 % (moe_hybrid
+// A_log) on these cases, and its logits by up to 1.1 % (10.7 % where a routing decision flips).
 constexpr double kFp32Rtol = 1e-4, kFp32GradRtol = 1e-3;
-constexpr double kBf16Rtol = 3e-2, kBf16GradRtol = 6e-2;
+constexpr double kBf16Rtol = 3e-2, kBf16GradRtol = 1e-1;
 
 struct Diff {
   double max_abs = 0, rel = 0;
@@ -140,7 +142,7 @@ void add_verify(CLI::App& app) {
   cmd->add_option("--rtol", o->rtol,
                   "tolerance of ‖a−b‖/‖b‖ for logits and loss (default 1e-4 fp32, 3e-2 bf16)");
   cmd->add_option("--grad-rtol", o->grad_rtol,
-                  "tolerance of ‖a−b‖/‖b‖ for gradients (default 1e-3 fp32, 6e-2 bf16)");
+                  "tolerance of ‖a−b‖/‖b‖ for gradients (default 1e-3 fp32, 1e-1 bf16)");
   cmd->callback([o] { set_exit_code(run(*o)); });
 }
 

@@ -263,8 +263,6 @@ void write_safetensors(const std::string& path,
   for (const auto& [name, t] : tensors) {
     const std::string field = "tensor " + in_quotes(name);
     if (!t.defined()) throw Error(path, field, "a defined tensor", "an undefined one");
-    if (t.device() != Device::CPU)
-      throw Error(path, field, "a CPU tensor", device_name(t.device()));
     if (name == "__metadata__") throw Error(path, field, "a tensor name", "the metadata key");
     if (!seen.insert(name).second) throw Error(path, field, "a unique name", "a repeated one");
   }

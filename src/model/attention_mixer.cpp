@@ -39,8 +39,10 @@ void AttentionMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
 void AttentionMixer::backward(const Tensor& dout, Tensor& du) {
   const DType dt = dout.dtype();
   const Device dev = dout.device();
+  const Shape flat{batch_.tokens(), heads_ * head_dim_};
   Tensor do_in = Tensor::empty(o_in_.shape(), dt, dev);
-  o_.backward(o_in_, dout, do_in);
+  Tensor do_flat = do_in.reshape(flat);
+  o_.backward(o_in_.reshape(flat), dout, do_flat);
   Tensor dq = Tensor::empty(q_out_.shape(), dt, dev), dk = Tensor::empty(k_out_.shape(), dt, dev),
          dv = Tensor::empty(v_out_.shape(), dt, dev);
   attention_backward(q_out_, k_out_, v_out_, batch_.seq_idx, 1.0 / std::sqrt(double(head_dim_)),

@@ -64,7 +64,8 @@ void MambaMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   copy_columns(xbc_, d_inner_ + groups_ * state_, c2);
 
   dt_ = make({b, s, heads_});
-  mamba_dt_forward(dt_raw_, dt_bias_, dt_lo_, dt_hi_, dt_);
+  Tensor dt2 = dt_.reshape({t, heads_});
+  mamba_dt_forward(dt_raw_, dt_bias_, dt_lo_, dt_hi_, dt2);
   A_ = make({heads_});
   mamba_a_forward(A_log_, A_);
 
@@ -108,7 +109,8 @@ void MambaMixer::backward(const Tensor& dout, Tensor& du) {
   causal_conv1d_backward(xbc_raw_, conv_w_.reshape({conv_dim_, conv_w_.size(-1)}), conv_b_,
                          batch_.seq_idx, dxbc, dxbc_raw, dconv_w, dconv_b_);
   Tensor ddt_raw = make({t, heads_});
-  mamba_dt_backward(dt_raw_, dt_bias_, dt_lo_, dt_hi_, ddt, ddt_raw, ddt_bias_);
+  mamba_dt_backward(dt_raw_, dt_bias_, dt_lo_, dt_hi_, ddt.reshape({t, heads_}), ddt_raw,
+                    ddt_bias_);
 
   write_columns(dz, dzxbcdt, 0);
   write_columns(dxbc_raw, dzxbcdt, d_inner_);

@@ -23,15 +23,21 @@ MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
   }
 }
 
+Tensor MoeMixer::router_u() const { return u_.to(stats_dtype(u_.dtype())); }
+Tensor MoeMixer::router_gate() const { return gate_w_.to(stats_dtype(gate_w_.dtype())); }
+
 void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   const int64_t t = u.size(0), k = route_.top_k, e = up_.size(0), din = up_.size(2);
   const DType dt = u.dtype();
   const Device dev = u.device();
   u_ = u;
+  const DType rdt = stats_dtype(dt);
   topk_idx_ = Tensor::empty({t, k}, DType::I64, dev);
-  topk_w_ = Tensor::empty({t, k}, dt, dev);
-  scores_ = Tensor::empty({t, e}, dt, dev);
-  moe_route_forward(u, gate_w_, correction_bias_, route_, topk_idx_, topk_w_, scores_);
+  Tensor topk_w = Tensor::empty({t, k}, rdt, dev);
+  scores_ = Tensor::empty({t, e}, rdt, dev);
+  moe_route_forward(router_u(), router_gate(), correction_bias_, route_, topk_idx_, topk_w,
+                    scores_);
+  topk_w_ = topk_w.to(dt);
 
   h_ = u;
   if (latent_) {
@@ -67,7 +73,16 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
     fc1_.backward(u_, dh, du);
   else
     du.copy_from(dh);
-  moe_route_backward(u_, gate_w_, topk_idx_, scores_, route_, dtopk_w, du, dgate_w_);
+  if (stats_dtype(dt) == dt) {
+    moe_route_backward(u_, gate_w_, topk_idx_, scores_, route_, dtopk_w, du, dgate_w_);
+  } else {
+    Tensor du32 = du.to(stats_dtype(dt));
+    Tensor dgate32 = Tensor::zeros(gate_w_.shape(), stats_dtype(dt), dev);
+    moe_route_backward(router_u(), router_gate(), topk_idx_, scores_, route_,
+                       dtopk_w.to(stats_dtype(dt)), du32, dgate32);
+    du.copy_from(du32);
+    add_inplace(dgate_w_, dgate32.to(dt));
+  }
   Tensor dshared = Tensor::empty(du.shape(), dt, dev);
   shared_.backward(dout, dshared);
   add_inplace(du, dshared);

@@ -1,6 +1,7 @@
 // Mixture-of-experts mixer (`E`, SPEC §5): sigmoid router with correction bias and
 // group-limited top-k, optional latent projections around the routed experts, and a
-// shared expert on the layer input.
+// shared expert on the layer input. The router runs in fp32 when the activations are bf16 (as
+// transformers and Megatron run it): routing decisions and the gate's gradient need the bits.
 #pragma once
 
 #include "model/mixer.h"
@@ -26,6 +27,9 @@ class MoeMixer : public Mixer {
   MlpMixer shared_;
   // Saved by forward for backward.
   Tensor u_, topk_idx_, topk_w_, scores_, h_, routed_, load_;
+  // The router's inputs in its own dtype (u and the gate converted when it differs).
+  Tensor router_u() const;
+  Tensor router_gate() const;
   MoeExpertsCache cache_;
 };
 

@@ -21,7 +21,7 @@ namespace {
 
 // The tolerances nemotronh verify uses against fp32 references.
 double logits_tolerance(DType dt) { return dt == DType::BF16 ? 3e-2 : 1e-4; }
-double grad_tolerance(DType dt) { return dt == DType::BF16 ? 6e-2 : 1e-3; }
+double grad_tolerance(DType dt) { return dt == DType::BF16 ? 1e-1 : 1e-3; }
 
 struct Inputs {
   Tensor ids, targets, seq_idx;
@@ -103,7 +103,7 @@ TEST(OptimizerOnGpu, Bf16ModelsStepTheirFp32Masters) {
     ++masters;
     const std::string p = name.substr(7);
     test::expect_close("master " + p, t, cpu.params().at(p), 1e-6);
-    test::expect_close("bf16 param " + p, gpu.params().at(p), t.to(DType::BF16).to(DType::F32),
+    test::expect_close("bf16 param " + p, gpu.params().at(p), test::to_cpu(t.to(DType::BF16)),
                        0.0);
   }
   EXPECT_EQ(masters, int(cpu.grads().names().size()));
