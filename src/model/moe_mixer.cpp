@@ -33,11 +33,10 @@ void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   u_ = u;
   const DType rdt = stats_dtype(dt);
   topk_idx_ = Tensor::empty({t, k}, DType::I64, dev);
-  Tensor topk_w = Tensor::empty({t, k}, rdt, dev);
+  topk_w_ = Tensor::empty({t, k}, rdt, dev);
   scores_ = Tensor::empty({t, e}, rdt, dev);
-  moe_route_forward(router_u(), router_gate(), correction_bias_, route_, topk_idx_, topk_w,
+  moe_route_forward(router_u(), router_gate(), correction_bias_, route_, topk_idx_, topk_w_,
                     scores_);
-  topk_w_ = topk_w.to(dt);
 
   h_ = u;
   if (latent_) {
@@ -66,7 +65,8 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
     drouted = Tensor::empty(routed_.shape(), dt, dev);
     fc2_.backward(routed_, dout, drouted);
   }
-  Tensor dh = Tensor::empty(h_.shape(), dt, dev), dtopk_w = Tensor::empty(topk_w_.shape(), dt, dev);
+  Tensor dh = Tensor::empty(h_.shape(), dt, dev);
+  Tensor dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
   moe_experts_backward(h_, up_, down_, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
                        dtopk_w);
   if (latent_)
@@ -78,8 +78,8 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   } else {
     Tensor du32 = du.to(stats_dtype(dt));
     Tensor dgate32 = Tensor::zeros(gate_w_.shape(), stats_dtype(dt), dev);
-    moe_route_backward(router_u(), router_gate(), topk_idx_, scores_, route_,
-                       dtopk_w.to(stats_dtype(dt)), du32, dgate32);
+    moe_route_backward(router_u(), router_gate(), topk_idx_, scores_, route_, dtopk_w, du32,
+                       dgate32);
     du.copy_from(du32);
     add_inplace(dgate_w_, dgate32.to(dt));
   }

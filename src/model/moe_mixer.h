@@ -1,7 +1,8 @@
 // Mixture-of-experts mixer (`E`, SPEC §5): sigmoid router with correction bias and
 // group-limited top-k, optional latent projections around the routed experts, and a
-// shared expert on the layer input. The router runs in fp32 when the activations are bf16 (as
-// transformers and Megatron run it): routing decisions and the gate's gradient need the bits.
+// shared expert on the layer input. The router and the routing weights stay fp32 when the
+// activations are bf16 (as in transformers and Megatron): routing decisions and the gate's
+// gradient need the bits.
 #pragma once
 
 #include "model/mixer.h"

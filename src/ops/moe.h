@@ -26,7 +26,8 @@
 //   within an expert, and each expert runs two GEMMs over its rows, so results do not depend on
 //   thread count. `cache` is (re)allocated by the forward and holds what the backward needs.
 //   backward: dout [T, Din] -> dh [T, Din] overwritten, dup [E, I, Din] +=, ddown [E, Din, I] +=,
-//   dtopk_w [T, k] overwritten.
+//   dtopk_w [T, k] overwritten. topk_w and dtopk_w are in h's dtype, or F32 with bf16 h on the
+//   GPU (the fp32 router of a bf16 model).
 //
 // Expert load: load I64 [E] (overwritten) = the number of (token, slot) pairs routed to each
 // expert; E is load.size(0).

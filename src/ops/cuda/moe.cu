@@ -216,8 +216,9 @@ __global__ void relu_squared_kernel(const T* pre, int64_t n, T* act) {
 
 // out[t, d] = Σ_j w[t, j] · rows[row_of[t·k + j], d] over the k slots in order (w = 1 when
 // topk_w is null: the backward's dh). One thread per element of out; deterministic, no atomics.
-template <class T>
-__global__ void combine_routed_rows_kernel(const T* rows, const int64_t* row_of, const T* topk_w,
+// W, the routing weights' type, is T or float (an fp32 router with bf16 experts).
+template <class T, class W>
+__global__ void combine_routed_rows_kernel(const T* rows, const int64_t* row_of, const W* topk_w,
                                            int64_t n_tokens, int64_t k, int64_t dim, T* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n_tokens * dim) return;
@@ -235,10 +236,12 @@ __global__ void combine_routed_rows_kernel(const T* rows, const int64_t* row_of,
 //   dtopk_w[row_source[r]] = Σ_i g_i a_i,   act := w·a (for ddown),
 //   dact := w·g·2·relu(pre) (the pre-activation gradient, for dup and dh).
 // a is rounded to T as the forward stored it. The warp's sum is reduced in a fixed order.
-template <class T>
-__global__ void expert_row_grads_kernel(const T* pre, const T* topk_w, const int64_t* row_source,
+// dtopk_w is kept in W (float with an fp32 router: its normalisation backward subtracts nearly
+// equal values, which bf16 would not survive).
+template <class T, class W>
+__global__ void expert_row_grads_kernel(const T* pre, const W* topk_w, const int64_t* row_source,
                                         int64_t n_rows, int64_t inter, T* act, T* dact,
-                                        T* dtopk_w) {
+                                        W* dtopk_w) {
   const int lane = threadIdx.x % 32;
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (r >= n_rows) return;
@@ -254,7 +257,7 @@ __global__ void expert_row_grads_kernel(const T* pre, const T* topk_w, const int
     dact[at] = from_f32<T>(p > 0.f ? w * g * 2.f * p : 0.f);
   }
   for (int offset = 16; offset > 0; offset /= 2) dw += __shfl_xor_sync(kFullMask, dw, offset);
-  if (lane == 0) dtopk_w[row_source[r]] = from_f32<T>(dw);
+  if (lane == 0) dtopk_w[row_source[r]] = from_f32<W>(dw);
 }
 
 // correction_bias[e] += rate · sign(mean(load) − load[e]). One block: the total load is summed
@@ -351,8 +354,17 @@ ExpertsShape check_experts(const Tensor& h, const Tensor& up, const Tensor& down
   expect_shape(down, {s.n_experts, s.dim, s.inter}, "moe experts down");
   expect_dtype(up, h.dtype(), "moe experts up");
   expect_dtype(down, h.dtype(), "moe experts down");
-  check_topk(topk_idx, topk_w, s.n_tokens, h.dtype());
+  check_topk(topk_idx, topk_w, s.n_tokens, topk_w.dtype() == DType::F32 ? DType::F32 : h.dtype());
   return s;
+}
+
+// Calls f(W{}) with W = float when the routing weights are F32, else T (h's storage type).
+template <class T, class F>
+void with_weight_type(const Tensor& topk_w, F&& f) {
+  if (topk_w.dtype() == DType::F32)
+    f(float{});
+  else
+    f(T{});
 }
 
 // The E + 1 expert offsets, copied to the host: the per-expert GEMMs below are launched from a
@@ -428,11 +440,11 @@ void gather_routed_rows(const T* src, const int64_t* row_source, int64_t n_rows,
   NH_CUDA_CHECK_LAUNCH();
 }
 
-template <class T>
-void combine_routed_rows(const T* rows, const int64_t* row_of, const T* topk_w, int64_t n_tokens,
+template <class T, class W>
+void combine_routed_rows(const T* rows, const int64_t* row_of, const W* topk_w, int64_t n_tokens,
                          int64_t k, int64_t dim, T* out) {
   if (n_tokens * dim == 0) return;
-  combine_routed_rows_kernel<T><<<blocks_for(n_tokens * dim, kThreads), kThreads, 0, stream()>>>(
+  combine_routed_rows_kernel<T, W><<<blocks_for(n_tokens * dim, kThreads), kThreads, 0, stream()>>>(
       rows, row_of, topk_w, n_tokens, k, dim, out);
   NH_CUDA_CHECK_LAUNCH();
 }
@@ -579,8 +591,11 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
       gemm(false, true, m, s.dim, s.inter, 1.f, act_p + r0 * s.inter, s.inter,
            ptr<T>(down) + e * s.dim * s.inter, s.inter, 0.f, rows_p + r0 * s.dim, s.dim, dt);
     }
-    combine_routed_rows(rows_p, ptr<int64_t>(cache.row_of), ptr<T>(topk_w), s.n_tokens, s.k, s.dim,
-                        ptr<T>(out));
+    with_weight_type<T>(topk_w, [&](auto w) {
+      using W = decltype(w);
+      combine_routed_rows(rows_p, ptr<int64_t>(cache.row_of), ptr<W>(topk_w), s.n_tokens, s.k,
+                          s.dim, ptr<T>(out));
+    });
   });
 }
 
@@ -611,9 +626,9 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
   expect_shape(dup, up.shape(), "moe experts dup");
   expect_shape(ddown, down.shape(), "moe experts ddown");
   expect_shape(dtopk_w, topk_w.shape(), "moe experts dtopk_w");
-  for (const Tensor* t :
-       std::initializer_list<const Tensor*>{&cache.pre, &dout, &dh, &dup, &ddown, &dtopk_w})
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&cache.pre, &dout, &dh, &dup, &ddown})
     expect_dtype(*t, h.dtype(), "moe experts backward");
+  expect_dtype(dtopk_w, topk_w.dtype(), "moe experts dtopk_w");
   if (n_rows == 0 || s.dim == 0) {
     // Nothing was routed or every row is empty: dh and dtopk_w are sums of nothing.
     if (dh.numel() > 0) NH_CUDA_CHECK(cudaMemsetAsync(dh.raw(), 0, dh.nbytes(), stream()));
@@ -647,9 +662,13 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     }
     if (s.inter > 0) {
       const int warps = kThreads / 32;
-      expert_row_grads_kernel<T><<<unsigned((n_rows + warps - 1) / warps), kThreads, 0, stream()>>>(
-          ptr<T>(cache.pre), ptr<T>(topk_w), row_source, n_rows, s.inter, act_p, dact_p,
-          ptr<T>(dtopk_w));
+      with_weight_type<T>(topk_w, [&](auto w) {
+        using W = decltype(w);
+        expert_row_grads_kernel<T, W>
+            <<<unsigned((n_rows + warps - 1) / warps), kThreads, 0, stream()>>>(
+                ptr<T>(cache.pre), ptr<W>(topk_w), row_source, n_rows, s.inter, act_p, dact_p,
+                ptr<W>(dtopk_w));
+      });
       NH_CUDA_CHECK_LAUNCH();
     } else {
       NH_CUDA_CHECK(cudaMemsetAsync(dtopk_w.raw(), 0, dtopk_w.nbytes(), stream()));
@@ -665,8 +684,8 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
       gemm(false, false, m, s.dim, s.inter, 1.f, dact_p + r0 * s.inter, s.inter,
            ptr<T>(up) + e * s.inter * s.dim, s.dim, 0.f, drows_p + r0 * s.dim, s.dim, dt);
     }
-    combine_routed_rows<T>(drows_p, ptr<int64_t>(cache.row_of), nullptr, s.n_tokens, s.k, s.dim,
-                           ptr<T>(dh));
+    combine_routed_rows<T, T>(drows_p, ptr<int64_t>(cache.row_of), nullptr, s.n_tokens, s.k,
+                              s.dim, ptr<T>(dh));
   });
 }
 
