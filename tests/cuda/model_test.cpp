@@ -3,7 +3,9 @@
 // track the CPU run and resume across devices.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -61,11 +63,31 @@ TEST_P(ModelOnGpu, ForwardAndBackwardMatchTheCpu) {
               logits_tolerance(dtype) * lc.sum / double(lc.count));
   test::expect_close(preset + " logits", gpu_logits, cpu_logits, logits_tolerance(dtype));
 
+  // In bf16 a token whose two best experts nearly tie can route differently than in fp32,
+  // moving its whole contribution between two experts' gradients (transformers in bf16 does the
+  // same). Count such moves from the per-expert loads; the routed experts' gradients of a layer
+  // where routing moved get a wider tolerance, everything else keeps its own.
+  std::set<std::string> moved;
+  const auto cpu_loads = cpu.expert_loads(), gpu_loads = gpu.expert_loads();
+  for (size_t i = 0; i < cpu_loads.size(); ++i) {
+    const Tensor a = cpu_loads[i].second, b = test::to_cpu(gpu_loads[i].second);
+    int64_t diff = 0;
+    for (int64_t e = 0; e < a.numel(); ++e)
+      diff += std::abs(a.data<int64_t>()[e] - b.data<int64_t>()[e]);
+    if (diff == 0) continue;
+    EXPECT_NE(dtype, DType::F32) << "fp32 routing differs in layer " << cpu_loads[i].first;
+    std::printf("  layer %zu: %lld routed pairs moved between experts\n", cpu_loads[i].first,
+                (long long)diff / 2);
+    moved.insert("layers." + std::to_string(cpu_loads[i].first) + ".mixer.experts.");
+  }
   cpu.backward(1.0 / double(lc.count));
   gpu.backward(1.0 / double(lg.count));
-  for (const auto& name : cpu.grads().names())
+  for (const auto& name : cpu.grads().names()) {
+    const bool routed = std::any_of(moved.begin(), moved.end(),
+                                    [&](const std::string& p) { return name.starts_with(p); });
     test::expect_close(preset + " grad " + name, gpu.grads().at(name), cpu.grads().at(name),
-                       grad_tolerance(dtype));
+                       routed ? 0.25 : grad_tolerance(dtype));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, ModelOnGpu,
