@@ -133,9 +133,10 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                                             std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
   model.set_recompute(recompute_kinds(r));
-  const ParamSet full_precision = place_model(model, device, r);
+  ParamSet full_precision = place_model(model, device, r);
   Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad},
                       full_precision.names().empty() ? nullptr : &full_precision);
+  full_precision = ParamSet();  // the masters hold these values now
   if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer);
 
   DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
