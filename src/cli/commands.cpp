@@ -17,6 +17,7 @@ void register_commands(CLI::App& app) {
   add_eval(app);
   add_preprocess(app);
   add_tokenize(app);
+  add_generate(app);
 }
 
 }  // namespace nh::cli

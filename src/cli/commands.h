@@ -17,5 +17,6 @@ void add_train(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_tokenize(CLI::App& app);
+void add_generate(CLI::App& app);
 
 }  // namespace nh::cli

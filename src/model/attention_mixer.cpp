@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ops/attention.h"
+#include "ops/attention_decode.h"
 #include "ops/elementwise.h"
 
 namespace nh {
@@ -54,6 +55,43 @@ void AttentionMixer::backward(const Tensor& dout, Tensor& du) {
   v_.backward(u_, dv, part);
   add_inplace(du, part);
   release();
+}
+
+void AttentionMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
+                             Tensor& out) {
+  NH_CHECK(batch.batch == 1, "prefill runs one sequence");
+  forward(u, batch, out);
+  const int64_t s = batch.seq, width = kv_heads_ * head_dim_;
+  for (auto [cached, fresh] : {std::pair{&cache.k, &k_out_}, std::pair{&cache.v, &v_out_}}) {
+    Tensor dst = cached->slice0(row, row + 1).reshape({cached->size(1), width}).slice0(0, s);
+    dst.copy_from(fresh->reshape({s, width}));
+  }
+  release();
+}
+
+void AttentionMixer::decode(const Tensor& u, LayerCache& cache,
+                            const std::vector<int64_t>& lengths, Tensor& out) {
+  const int64_t b = u.size(0), width = kv_heads_ * head_dim_, capacity = cache.k.size(1);
+  const DType dt = u.dtype();
+  const Device dev = u.device();
+  Tensor q = Tensor::empty({b, heads_, head_dim_}, dt, dev);
+  Tensor k = Tensor::empty({b, width}, dt, dev), v = Tensor::empty({b, width}, dt, dev);
+  q_.forward(u, q);
+  k_.forward(u, k);
+  v_.forward(u, v);
+  Tensor len = Tensor::empty({b}, DType::I64);
+  for (int64_t r = 0; r < b; ++r) {
+    const int64_t pos = lengths[size_t(r)] - 1;
+    NH_CHECK(pos >= 0 && pos < capacity, "decode position outside the KV cache");
+    len.data<int64_t>()[r] = pos + 1;
+    for (auto [cached, fresh] : {std::pair{&cache.k, &k}, std::pair{&cache.v, &v}}) {
+      Tensor dst = cached->slice0(r, r + 1).reshape({capacity, width}).slice0(pos, pos + 1);
+      dst.copy_from(fresh->slice0(r, r + 1));
+    }
+  }
+  Tensor o = Tensor::empty({b, heads_, head_dim_}, dt, dev);
+  attention_decode(q, cache.k, cache.v, len, 1.0 / std::sqrt(double(head_dim_)), o);
+  o_.forward(o.reshape({b, heads_ * head_dim_}), out);
 }
 
 void AttentionMixer::release() { u_ = q_out_ = k_out_ = v_out_ = o_in_ = lse_ = Tensor(); }

@@ -1,9 +1,12 @@
 #include "model/mamba_mixer.h"
 
+#include <algorithm>
+
 #include "ops/causal_conv1d.h"
 #include "ops/elementwise.h"
 #include "ops/gated_rmsnorm.h"
 #include "ops/mamba_dt.h"
+#include "ops/mamba_step.h"
 #include "ops/ssd.h"
 
 namespace nh {
@@ -16,6 +19,7 @@ MambaMixer::MambaMixer(const ModelConfig& c, const LayerParams& p)
       d_inner_(c.d_inner()),
       conv_dim_(c.conv_dim()),
       chunk_(c.chunk_size),
+      kernel_(c.conv_kernel),
       eps_(c.layer_norm_epsilon),
       dt_lo_(c.time_step_limit.first),
       dt_hi_(c.time_step_limit.second),
@@ -35,6 +39,10 @@ MambaMixer::MambaMixer(const ModelConfig& c, const LayerParams& p)
       dnorm_w_(p.grad("norm.weight")) {}
 
 void MambaMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
+  run(u, batch, out, Tensor());
+}
+
+void MambaMixer::run(const Tensor& u, const Batch& batch, Tensor& out, Tensor final_state) {
   const int64_t b = batch.batch, s = batch.seq, t = batch.tokens();
   const DType dt = u.dtype();
   const Device dev = u.device();
@@ -71,7 +79,7 @@ void MambaMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
 
   y_ = make({b, s, heads_, head_dim_});
   Tensor none;
-  ssd_forward(x_, dt_, A_, bm_, cm_, D_, chunk_, batch.seq_idx, none, y_, none);
+  ssd_forward(x_, dt_, A_, bm_, cm_, D_, chunk_, batch.seq_idx, none, y_, final_state);
 
   g_ = make({t, d_inner_});
   rstd_ = Tensor::empty({t, groups_}, stats_dtype(dt), dev);
@@ -117,6 +125,58 @@ void MambaMixer::backward(const Tensor& dout, Tensor& du) {
   write_columns(ddt_raw, dzxbcdt, d_inner_ + conv_dim_);
   in_proj_.backward(u_, dzxbcdt, du);
   release();
+}
+
+void MambaMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
+                         Tensor& out) {
+  NH_CHECK(batch.batch == 1, "prefill runs one sequence");
+  run(u, batch, out, cache.ssm_state.slice0(row, row + 1));
+  // The convolution state: the last K-1 inputs of each channel, zeros before the prompt. It is
+  // K-1 rows, so it is transposed on the host.
+  const int64_t s = batch.seq, taps = kernel_ - 1, first = std::max<int64_t>(0, s - taps);
+  const Tensor tail = xbc_raw_.reshape({s, conv_dim_}).slice0(first, s).to(Device::CPU);
+  Tensor state = Tensor::zeros({conv_dim_, taps}, DType::F64);
+  double* st = state.data<double>();
+  for (int64_t i = 0; i < s - first; ++i)
+    for (int64_t c = 0; c < conv_dim_; ++c)
+      st[c * taps + taps - (s - first) + i] = read_float(tail, i * conv_dim_ + c);
+  Tensor dst = cache.conv_state.slice0(row, row + 1).reshape({conv_dim_, taps});
+  dst.copy_from(state);
+  release();
+}
+
+void MambaMixer::decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>&,
+                        Tensor& out) {
+  const int64_t b = u.size(0);
+  const DType dt = u.dtype();
+  const Device dev = u.device();
+  auto make = [&](const Shape& shape) { return Tensor::empty(shape, dt, dev); };
+  Tensor zxbcdt = make({b, d_inner_ + conv_dim_ + heads_});
+  in_proj_.forward(u, zxbcdt);
+  Tensor z = make({b, d_inner_}), xbc_raw = make({b, conv_dim_}), dt_raw = make({b, heads_});
+  copy_columns(zxbcdt, 0, z);
+  copy_columns(zxbcdt, d_inner_, xbc_raw);
+  copy_columns(zxbcdt, d_inner_ + conv_dim_, dt_raw);
+
+  Tensor xbc = make({b, conv_dim_});
+  conv1d_step(xbc_raw, cache.conv_state, conv_w_.reshape({conv_dim_, kernel_}), conv_b_, xbc);
+  Tensor x = make({b, heads_, head_dim_}), bm = make({b, groups_, state_}),
+         cm = make({b, groups_, state_});
+  Tensor x2 = x.reshape({b, d_inner_}), b2 = bm.reshape({b, groups_ * state_}),
+         c2 = cm.reshape({b, groups_ * state_});
+  copy_columns(xbc, 0, x2);
+  copy_columns(xbc, d_inner_, b2);
+  copy_columns(xbc, d_inner_ + groups_ * state_, c2);
+
+  Tensor dtv = make({b, heads_}), A = make({heads_});
+  mamba_dt_forward(dt_raw, dt_bias_, dt_lo_, dt_hi_, dtv);
+  mamba_a_forward(A_log_, A);
+  Tensor y = make({b, heads_, head_dim_});
+  ssd_step(x, dtv, A, bm, cm, D_, cache.ssm_state, y);
+
+  Tensor g = make({b, d_inner_}), rstd = Tensor::empty({b, groups_}, stats_dtype(dt), dev);
+  gated_rmsnorm_forward(y.reshape({b, d_inner_}), z, norm_w_, groups_, eps_, g, rstd);
+  out_proj_.forward(g, out);
 }
 
 void MambaMixer::release() { u_ = z_ = xbc_raw_ = dt_raw_ = xbc_ = x_ = bm_ = cm_ = dt_ = A_ = y_ = rstd_ = g_ = Tensor(); }

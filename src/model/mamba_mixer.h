@@ -12,9 +12,16 @@ class MambaMixer : public Mixer {
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
   void release() override;
+  void prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
+               Tensor& out) override;
+  void decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>& lengths,
+              Tensor& out) override;
 
  private:
-  int64_t heads_, head_dim_, state_, groups_, d_inner_, conv_dim_, chunk_;
+  // forward, also writing the SSM state after the last token when final_state is defined.
+  void run(const Tensor& u, const Batch& batch, Tensor& out, Tensor final_state);
+
+  int64_t heads_, head_dim_, state_, groups_, d_inner_, conv_dim_, chunk_, kernel_;
   double eps_, dt_lo_, dt_hi_;
   Linear in_proj_, out_proj_;
   Tensor conv_w_, conv_b_, dconv_w_, dconv_b_;

@@ -5,9 +5,11 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/inference_state.h"
 #include "model/params.h"
 
 namespace nh {
@@ -35,6 +37,15 @@ class Mixer {
   virtual void backward(const Tensor& dout, Tensor& du) = 0;
   // Drops what forward saved (activation recomputation runs forward again before backward).
   virtual void release() = 0;
+
+  // Inference. prefill: forward over one sequence's prompt (batch.batch == 1) that also leaves
+  // the layer's decoding state in row `row` of `cache`; nothing is kept for a backward.
+  virtual void prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
+                       Tensor& out);
+  // decode: one new token per sequence, u [B, D] -> out [B, D], reading and updating `cache`;
+  // `lengths` counts each sequence's positions including this token.
+  virtual void decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>& lengths,
+                      Tensor& out);
 };
 
 // Looks up a layer's parameters and gradients by their name under `prefix`

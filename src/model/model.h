@@ -45,6 +45,16 @@ class Model {
   // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
   void backward(double grad_scale);
 
+  // Inference (decoding with state, SPEC §2-3). A state for `batch` sequences of up to
+  // `capacity` positions each, zeroed, on the model's device.
+  InferenceState new_inference_state(int64_t batch, int64_t capacity) const;
+  // Runs one sequence's prompt (ids I64, S tokens, any shape and device) into row `row` of the
+  // state (which must be empty) and writes the logits of its last position to `last_logits`
+  // ([V] or [1, V], any device and float dtype). Keeps nothing for a backward.
+  void prefill(const Tensor& ids, InferenceState& state, int64_t row, Tensor& last_logits);
+  // One new token per sequence (ids I64 [B], B = state.batch()) -> logits [B, V].
+  void decode(const Tensor& ids, InferenceState& state, Tensor& logits);
+
   // Layers of these kinds keep only their input during forward and run forward again just
   // before their backward (activation recomputation).
   void set_recompute(const std::vector<LayerKind>& kinds);
@@ -58,6 +68,10 @@ class Model {
   // Gradients (zeros, beside each trainable parameter) and the mixers bound to both.
   void bind();
   const Tensor& head_weight() const;
+  // Logits of the rows of `normed` (the final norm's output) into `logits`, converting.
+  LossSum head_logits(const Tensor& normed, const Tensor& labels, Tensor& logits) const;
+  // h [T, D] -> normed [T, D] by layer l's pre-norm (or the final norm when l = layers).
+  void norm(size_t l, const Tensor& h, Tensor& normed) const;
 
   ModelConfig config_;
   ModelWeights weights_;

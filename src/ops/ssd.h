@@ -6,7 +6,8 @@
 //   Bm, Cm [B, S, G, N]; D [H] or undefined.
 //   seq_idx: I32 [B, S] or undefined: S restarts at zero where the document index changes.
 //   initial_state [B, H, P, N] or undefined (zero); final_state [B, H, P, N] written when defined
-//   (the state after the last token of each row).
+//   (the state after the last token of each row), in x's dtype or, on the GPU, F32 (the state
+//   decoding continues from).
 // ssd_forward computes it chunk by chunk (chunk_size tokens: masked matrix products inside a
 // chunk, states passed between chunks); ssd_recurrence_forward is the plain token-by-token
 // recurrence, the oracle the chunked form is tested against.

@@ -10,6 +10,7 @@
 
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
+#include "infer/generate.h"
 #include "io/tokenizer.h"
 #include "model/presets.h"
 #include "ops/moe.h"
@@ -18,7 +19,6 @@
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
-#include "train/sample.h"
 
 namespace nh {
 
@@ -285,11 +285,13 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   out.tokens_per_s = wall > 0 ? double(run_tokens) / wall : 0;
 
   if (!r.sample_prompt.empty() && !quiet && !out.interrupted) {
-    const std::vector<int32_t> prompt = tokenizer.encode(r.sample_prompt, false);
-    const auto eod = tokenizer.eos_id();
-    const std::vector<int32_t> cont =
-        sample_continuation(model, prompt, 64, 0.0, r.seed, eod ? *eod : -1);
-    std::fprintf(stderr, "sample: %s%s\n", r.sample_prompt.c_str(), tokenizer.decode(cont, true).c_str());
+    GenerationRequest q;
+    q.prompt = tokenizer.encode(r.sample_prompt, false);
+    q.sampling.temperature = 0;
+    q.max_new_tokens = 64;
+    if (const auto eod = tokenizer.eos_id()) q.stop_ids.push_back(*eod);
+    const auto res = generate(model, &tokenizer, {q});
+    std::fprintf(stderr, "sample: %s%s\n", r.sample_prompt.c_str(), res[0].text.c_str());
   }
   return out;
 }

@@ -258,10 +258,11 @@ __global__ void __launch_bounds__(kThreads)
 //   forward:  S_in(c) = S;   S = decay(c)·S + own(c)      start = initial state, end = final
 //   backward: dS_out(c) = dS; dS = decay(c)·dS + G(c)     end = dinitial_state
 // decay(c) = decay_in of the chunk's last token (zero when a document starts inside it).
-// start and end are [B, H, P, N] in the storage type, each optional.
-template <class T>
+// start and end are [B, H, P, N] in the storage type, each optional; end may be F32 instead
+// (E = float: a bf16 prefill hands its final state to fp32 decoding).
+template <class T, class E>
 __global__ void pass_states_kernel(SsdDims d, float* states, const float* decay_in, bool reverse,
-                                   const T* start, T* end) {
+                                   const T* start, E* end) {
   const int64_t pn_size = d.head_dim * d.state;
   const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (flat >= d.batch * d.heads * pn_size) return;
@@ -275,7 +276,7 @@ __global__ void pass_states_kernel(SsdDims d, float* states, const float* decay_
     const int64_t last = ((c + 1) * d.chunk < d.seqlen ? (c + 1) * d.chunk : d.seqlen) - 1;
     s = decay_in[(b * d.seqlen + last) * d.heads + h] * s + own;
   }
-  if (end != nullptr) end[flat] = from_f32<T>(s);
+  if (end != nullptr) end[flat] = from_f32<E>(s);
 }
 
 // Step 4, block per (batch, chunk, head) × 64 × 64 tile of (i, p):
@@ -783,9 +784,17 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
   }
   const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
   if (elements > 0) {
-    pass_states_kernel<T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-        d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
-        final_state.defined() ? ptr<T>(final_state) : nullptr);
+    auto launch = [&](auto* end) {
+      pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
+          end);
+    };
+    if (!final_state.defined())
+      launch(static_cast<T*>(nullptr));
+    else if (final_state.dtype() == DType::F32)
+      launch(ptr<float>(final_state));
+    else
+      launch(ptr<T>(final_state));
     NH_CUDA_CHECK_LAUNCH();
   }
   return r;
@@ -799,7 +808,8 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   const SsdDims d = check_ssd(x, dt, A, Bm, Cm, D, chunk_size, seq_idx, initial_state);
   check_output(y, x.shape(), x.dtype(), "y");
   if (final_state.defined())
-    check_output(final_state, {d.batch, d.heads, d.head_dim, d.state}, x.dtype(), "final_state");
+    check_output(final_state, {d.batch, d.heads, d.head_dim, d.state},
+                 final_state.dtype() == DType::F32 ? DType::F32 : x.dtype(), "final_state");
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, seq_idx, initial_state, final_state);
@@ -848,7 +858,7 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
     }
     const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
     if (elements > 0) {
-      pass_states_kernel<T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+      pass_states_kernel<T, T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
           d, ptr<float>(dstates), ptr<float>(cs.decay_in), true, static_cast<const T*>(nullptr),
           dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
       NH_CUDA_CHECK_LAUNCH();

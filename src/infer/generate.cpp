@@ -1,0 +1,116 @@
+#include "infer/generate.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "infer/stop_strings.h"
+
+namespace nh {
+
+namespace {
+
+// The decoded text of a request's tokens, released as it becomes final.
+class TextStream {
+ public:
+  TextStream(const Tokenizer* tokenizer, const std::vector<std::string>& stops)
+      : tokenizer_(tokenizer), stops_(stops) {}
+  // Decodes the tokens so far and returns the newly final text ("" while a character is
+  // incomplete or a stop string may be starting).
+  std::string update(const std::vector<int32_t>& tokens) {
+    if (!tokenizer_) return "";
+    const std::string all = tokenizer_->decode(tokens, true);
+    // A token that ends inside a UTF-8 character decodes to U+FFFD; wait for the rest.
+    if (all.size() >= 3 && all.compare(all.size() - 3, 3, "\xEF\xBF\xBD") == 0) return "";
+    if (all.size() < decoded_) return "";
+    const std::string piece = all.substr(decoded_);
+    decoded_ = all.size();
+    return stops_.push(piece);
+  }
+  std::string flush() { return tokenizer_ && !stops_.stopped() ? stops_.flush() : ""; }
+  bool stopped() const { return stops_.stopped(); }
+
+ private:
+  const Tokenizer* tokenizer_;
+  StopStrings stops_;
+  size_t decoded_ = 0;
+};
+
+}  // namespace
+
+std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
+                                       const std::vector<GenerationRequest>& requests,
+                                       const TextCallback& on_text) {
+  const size_t n = requests.size();
+  std::vector<GenerationResult> results(n);
+  if (n == 0) return results;
+  const int64_t vocab = model.config().vocab_size;
+  int64_t longest_prompt = 0, most_new = 0;
+  std::vector<Sampler> samplers;
+  std::vector<TextStream> streams;
+  for (size_t r = 0; r < n; ++r) {
+    const auto& q = requests[r];
+    const std::string where = "request " + std::to_string(r);
+    if (q.prompt.empty()) throw Error(where, "prompt", "at least one token", "none");
+    if (q.max_new_tokens < 0) throw Error(where, "max_new_tokens", ">= 0", std::to_string(q.max_new_tokens));
+    for (int32_t id : q.prompt)
+      if (id < 0 || id >= vocab)
+        throw Error(where, "prompt", "token ids in [0, " + std::to_string(vocab) + ")",
+                    std::to_string(id));
+    if (!q.stop_strings.empty() && !tokenizer)
+      throw Error(where, "stop strings", "a tokenizer to decode with", "none");
+    samplers.emplace_back(q.sampling, vocab);
+    streams.emplace_back(tokenizer, q.stop_strings);
+    longest_prompt = std::max<int64_t>(longest_prompt, int64_t(q.prompt.size()));
+    most_new = std::max(most_new, q.max_new_tokens);
+  }
+  // Finished sequences keep stepping until the batch ends, so every row gets room for the
+  // longest prompt plus the most new tokens.
+  InferenceState state = model.new_inference_state(int64_t(n), longest_prompt + most_new);
+  Tensor logits = Tensor::empty({int64_t(n), vocab}, DType::F32);
+  for (size_t r = 0; r < n; ++r) {
+    const auto& p = requests[r].prompt;
+    Tensor ids = Tensor::from(std::vector<int64_t>(p.begin(), p.end()), {int64_t(p.size())});
+    Tensor row = logits.slice0(int64_t(r), int64_t(r) + 1);
+    model.prefill(ids, state, int64_t(r), row);
+  }
+
+  std::vector<bool> done(n, false);
+  Tensor next = Tensor::zeros({int64_t(n)}, DType::I64);
+  auto finish = [&](size_t r, const char* reason) {
+    done[r] = true;
+    results[r].finish_reason = reason;
+    const std::string rest = streams[r].flush();
+    results[r].text += rest;
+    if (on_text && !rest.empty()) on_text(r, rest);
+  };
+  for (size_t r = 0; r < n; ++r)
+    if (requests[r].max_new_tokens == 0) finish(r, "length");
+  for (int64_t step = 0; step < most_new; ++step) {
+    for (size_t r = 0; r < n; ++r) {
+      if (done[r]) continue;
+      auto& res = results[r];
+      const auto& q = requests[r];
+      const Sampler::Choice c =
+          samplers[r].sample(logits.data<float>() + int64_t(r) * vocab, q.prompt, res.tokens);
+      next.data<int64_t>()[r] = c.token;
+      if (std::find(q.stop_ids.begin(), q.stop_ids.end(), c.token) != q.stop_ids.end()) {
+        finish(r, "stop");
+        continue;
+      }
+      res.tokens.push_back(c.token);
+      if (q.sampling.logprobs) res.logprobs.push_back(c.logprob);
+      const std::string piece = streams[r].update(res.tokens);
+      res.text += piece;
+      if (on_text && !piece.empty()) on_text(r, piece);
+      if (streams[r].stopped())
+        finish(r, "stop");
+      else if (int64_t(res.tokens.size()) >= q.max_new_tokens)
+        finish(r, "length");
+    }
+    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    model.decode(next, state, logits);
+  }
+  return results;
+}
+
+}  // namespace nh
