@@ -18,6 +18,7 @@ void register_commands(CLI::App& app) {
   add_preprocess(app);
   add_tokenize(app);
   add_generate(app);
+  add_chat(app);
 }
 
 }  // namespace nh::cli

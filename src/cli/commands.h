@@ -18,5 +18,6 @@ void add_eval(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
+void add_chat(CLI::App& app);
 
 }  // namespace nh::cli

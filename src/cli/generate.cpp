@@ -2,21 +2,18 @@
 // text, or as token ids; a JSONL batch mode runs many prompts as one batch.
 #include <climits>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
-#include "core/device_select.h"
+#include "cli/inference_options.h"
 #include "infer/generate.h"
 #include "io/atomic_file.h"
 
 namespace nh::cli {
 
 namespace {
-
-namespace fs = std::filesystem;
 
 struct Options {
   std::string model, prompt, prompt_file, prompt_ids, batch_file, output, device = "auto", dtype;
@@ -86,12 +83,7 @@ std::vector<GenerationRequest> batch_requests(const Options& o, const Generation
   return out;
 }
 
-void run(Options o) {
-  const Device device = select_device(o.device, "--device");
-  if (o.dtype.empty()) o.dtype = device == Device::CUDA ? "bf16" : "fp32";
-  if (o.dtype != "bf16" && o.dtype != "fp32") throw Error("--dtype", "value", "bf16 or fp32", o.dtype);
-  if (o.dtype == "bf16" && device == Device::CPU)
-    throw Error("--dtype", "value", "fp32 on the CPU", o.dtype);
+void run(const Options& o) {
   const int given = !o.prompt.empty() + !o.prompt_file.empty() + !o.prompt_ids.empty() +
                     !o.batch_file.empty();
   if (given != 1)
@@ -99,11 +91,9 @@ void run(Options o) {
                 std::to_string(given) + " given");
   o.sampling.validate("generate");
 
-  Model model = Model::load(o.model);
-  if (device != Device::CPU) model.to(device, o.dtype == "bf16" ? DType::BF16 : DType::F32);
-  std::unique_ptr<Tokenizer> tok;
-  if (fs::exists(fs::path(o.model) / "tokenizer.json"))
-    tok = std::make_unique<Tokenizer>(Tokenizer::load(o.model));
+  LoadedModel loaded = load_for_inference(o.model, o.device, o.dtype);
+  Model& model = loaded.model;
+  const std::unique_ptr<Tokenizer>& tok = loaded.tokenizer;
   if (!tok && (!o.prompt.empty() || !o.prompt_file.empty()))
     throw Error(o.model, "tokenizer.json", "a tokenizer for text prompts (or use --prompt-ids)",
                 "none");
@@ -113,10 +103,7 @@ void run(Options o) {
   base.max_new_tokens = o.max_new_tokens;
   base.stop_ids = o.stop_ids;
   base.stop_strings = o.stop;
-  if (!o.ignore_eos) {
-    for (int64_t id : model.config().eos_token_ids) base.stop_ids.push_back(int32_t(id));
-    if (tok && tok->eos_id()) base.stop_ids.push_back(*tok->eos_id());
-  }
+  if (!o.ignore_eos) base.stop_ids.insert(base.stop_ids.end(), loaded.eos_ids.begin(), loaded.eos_ids.end());
 
   std::vector<GenerationRequest> requests;
   if (!o.batch_file.empty()) {
@@ -176,16 +163,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "fp32, or bf16 on cuda (the default there)");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "new tokens at most")
       ->capture_default_str();
-  auto& s = o->sampling;
-  cmd->add_option("--temperature", s.temperature, "0 is greedy")->capture_default_str();
-  cmd->add_option("--top-k", s.top_k, "keep the k most likely tokens (0: off)");
-  cmd->add_option("--top-p", s.top_p, "nucleus sampling mass (1: off)");
-  cmd->add_option("--min-p", s.min_p, "drop tokens below min_p × the top probability");
-  cmd->add_option("--repetition-penalty", s.repetition_penalty, "transformers' rule (1: off)");
-  cmd->add_option("--frequency-penalty", s.frequency_penalty, "OpenAI's rule (0: off)");
-  cmd->add_option("--presence-penalty", s.presence_penalty, "OpenAI's rule (0: off)");
-  cmd->add_option("--seed", s.seed, "random seed (same seed, same tokens)");
-  cmd->add_flag("--logprobs", s.logprobs, "report the log-probability of each chosen token");
+  add_sampling_options(cmd, o->sampling);
   cmd->add_option("--stop", o->stop, "stop string (repeatable)");
   cmd->add_option("--stop-id", o->stop_ids, "stop token id (repeatable)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at the end-of-sequence token");
