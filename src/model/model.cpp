@@ -82,8 +82,14 @@ Model Model::load(const std::string& dir, DType dtype) {
 Model Model::init(const ModelConfig& config, uint64_t seed, DType save_dtype) {
   ModelWeights w;
   w.tied_head = config.tie_word_embeddings;
-  for (const auto& spec : param_specs(config, w.tied_head, false)) {
-    w.params.add(spec.name, init_parameter(config, spec, seed));
+  const std::vector<ParamSpec> specs = param_specs(config, w.tied_head, false);
+  // Each parameter has its own random stream (seeded by its name), so they fill in parallel.
+  std::vector<Tensor> values(specs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < specs.size(); ++i) values[i] = init_parameter(config, specs[i], seed);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& spec = specs[i];
+    w.params.add(spec.name, std::move(values[i]));
     w.file_dtype[spec.name] = spec.name.ends_with("e_score_correction_bias") ? DType::F32 : save_dtype;
   }
   return Model(config, std::move(w));

@@ -1,0 +1,161 @@
+// nemotronh-bench-generate: times inference of a model on random tokens and prints JSON lines:
+//   prefill: one sequence of --prefill tokens (tokens/s, peak device memory, state bytes);
+//   decode:  --batch sequences after a --prompt-token prompt, --new greedy steps (tokens/s,
+//            ms per step), and the weight bytes read per step over the measured device copy
+//            bandwidth (the memory-bandwidth limit of batch-1 decoding).
+//
+//   nemotronh-bench-generate --model nemotron-h-8b [--pattern P] --prefill 8192,131072
+//                            --batch 1,8,64 [--prompt 32] [--new 128] [--dtype bf16]
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/cuda_memory.h"
+#include "core/device_select.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "model/presets.h"
+
+namespace nh {
+namespace {
+
+struct Options {
+  std::string model = "nemotron-h-8b", pattern, dtype = "bf16", device = "auto";
+  std::vector<int64_t> prefill{8192}, batch{1, 8};
+  int64_t prompt = 32, new_tokens = 128;
+};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+double gib(int64_t b) { return double(b) / double(int64_t(1) << 30); }
+
+Tensor random_ids(int64_t n, int64_t vocab, Rng& rng) {
+  Tensor t = Tensor::empty({n}, DType::I64);
+  for (int64_t i = 0; i < n; ++i)
+    t.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(rng.uniform() * double(vocab)));
+  return t;
+}
+
+void sync(Device d) {
+  if (d == Device::CUDA) cuda_synchronize();
+}
+
+// Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer.
+double copy_bandwidth() {
+  const int64_t n = int64_t(1) << 30;
+  Tensor a = Tensor::zeros({n}, DType::U8, Device::CUDA), b = Tensor::empty({n}, DType::U8, Device::CUDA);
+  b.copy_from(a);
+  cuda_synchronize();
+  const auto t = Clock::now();
+  for (int i = 0; i < 10; ++i) b.copy_from(a);
+  cuda_synchronize();
+  return 2.0 * double(n) * 10 / seconds_since(t);
+}
+
+int run(const Options& o) {
+  const Device device = select_device(o.device, "--device");
+  const DType dtype = o.dtype == "bf16" ? DType::BF16 : DType::F32;
+  const auto t_load = Clock::now();
+  namespace fs = std::filesystem;
+  Model model = [&] {
+    if (fs::is_directory(o.model)) return Model::load(o.model, device == Device::CUDA ? dtype : DType::F32);
+    const ModelConfig c = o.model.ends_with(".json") ? load_config(o.model) : preset_config(o.model);
+    return Model::init(with_layer_pattern(c, o.pattern, "--pattern"), 1);
+  }();
+  if (device == Device::CUDA) model.to(device, dtype);
+  const ModelConfig& c = model.config();
+  int64_t params = 0;
+  for (const auto& n : model.params().names()) params += model.params().at(n).numel();
+  const double weight_bytes = double(params) * double(dtype_size(model.dtype()));
+  auto line = [&](nlohmann::ordered_json j) {
+    j["model"] = o.model;
+    j["pattern"] = c.pattern();
+    j["params"] = params;
+    j["device"] = device == Device::CUDA ? cuda_device_name() : "cpu";
+    j["dtype"] = o.dtype;
+    std::printf("%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  };
+  line({{"bench", "load"}, {"seconds", seconds_since(t_load)}});
+  Rng rng(7);
+
+  for (int64_t s : o.prefill) {
+    InferenceState state = model.new_inference_state(1, s + 1);
+    Tensor logits = Tensor::empty({1, c.vocab_size}, DType::F32);
+    const Tensor ids = random_ids(s, c.vocab_size, rng);
+    sync(device);
+    reset_device_memory_peak();
+    const auto t = Clock::now();
+    model.prefill(ids, state, 0, logits);
+    sync(device);
+    const double sec = seconds_since(t);
+    line({{"bench", "prefill"}, {"tokens", s}, {"seconds", sec}, {"tokens_per_s", double(s) / sec},
+          {"peak_tensor_gib", gib(device_memory_stats().peak)},
+          {"state_gib", gib(state.bytes())}});
+  }
+
+  const double bandwidth = device == Device::CUDA ? copy_bandwidth() : 0;
+  for (int64_t b : o.batch) {
+    InferenceState state = model.new_inference_state(b, o.prompt + o.new_tokens + 1);
+    Tensor logits = Tensor::empty({b, c.vocab_size}, DType::F32);
+    for (int64_t r = 0; r < b; ++r) {
+      Tensor row = logits.slice0(r, r + 1);
+      model.prefill(random_ids(o.prompt, c.vocab_size, rng), state, r, row);
+    }
+    Tensor next = Tensor::empty({b}, DType::I64);
+    auto step = [&] {
+      for (int64_t r = 0; r < b; ++r) {
+        const float* l = logits.data<float>() + r * c.vocab_size;
+        next.data<int64_t>()[r] = std::max_element(l, l + c.vocab_size) - l;
+      }
+      model.decode(next, state, logits);
+    };
+    for (int i = 0; i < 3; ++i) step();  // warm-up
+    sync(device);
+    const auto t = Clock::now();
+    const int64_t steps = o.new_tokens - 3;
+    for (int64_t i = 0; i < steps; ++i) step();
+    sync(device);
+    const double sec = seconds_since(t), step_s = sec / double(steps);
+    nlohmann::ordered_json j = {{"bench", "decode"},          {"batch", b},
+                                {"prompt", o.prompt},         {"steps", steps},
+                                {"ms_per_step", step_s * 1e3}, {"tokens_per_s", double(b * steps) / sec},
+                                {"state_gib", gib(state.bytes())}};
+    if (bandwidth > 0) {
+      j["copy_bandwidth_gb_s"] = bandwidth / 1e9;
+      j["weight_read_limit_ms"] = weight_bytes / bandwidth * 1e3;
+      j["fraction_of_bandwidth_limit"] = weight_bytes / bandwidth / step_s;
+    }
+    line(j);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace nh
+
+int main(int argc, char** argv) {
+  nh::Options o;
+  CLI::App app{"Times prefill and decoding of a model on random tokens"};
+  app.add_option("--model", o.model, "preset, config.json or HF directory")->capture_default_str();
+  app.add_option("--pattern", o.pattern, "replace the layers (hybrid_override_pattern)");
+  app.add_option("--prefill", o.prefill, "prompt lengths to prefill (one sequence each)")
+      ->delimiter(',');
+  app.add_option("--batch", o.batch, "decode batch sizes")->delimiter(',');
+  app.add_option("--prompt", o.prompt, "prompt tokens before decoding")->capture_default_str();
+  app.add_option("--new", o.new_tokens, "decode steps (3 of them warm-up)")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "bf16 or fp32")->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    return nh::run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nemotronh-bench-generate: %s\n", e.what());
+    return 2;
+  }
+}
