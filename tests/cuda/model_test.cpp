@@ -102,6 +102,31 @@ INSTANTIATE_TEST_SUITE_P(Presets, ModelOnGpu,
                            return n;
                          });
 
+// Decoding on the GPU (prefill, then one token per step with conv/SSM state and KV caches)
+// gives the logits the CPU model's full forward gives for the whole sequence so far.
+TEST_P(ModelOnGpu, DecodingWithStateMatchesTheCpuFullForward) {
+  const auto& [preset, dtype] = GetParam();
+  const ModelConfig config = preset_config(preset);
+  Model cpu = Model::init(config, 11), gpu = Model::init(config, 11);
+  gpu.to(Device::CUDA, dtype);
+  const int64_t v = config.vocab_size;
+  const Inputs in = random_inputs(v, 5);
+  std::vector<int64_t> seq(in.ids.data<int64_t>(), in.ids.data<int64_t>() + 7);
+  InferenceState state = gpu.new_inference_state(1, 7 + 6);
+  Tensor logits = Tensor::empty({1, v}, DType::F32);
+  gpu.prefill(Tensor::from(seq, {int64_t(seq.size())}), state, 0, logits);
+  for (int step = 0; step <= 6; ++step) {
+    const int64_t s = int64_t(seq.size());
+    Tensor full = Tensor::empty({s, v}, DType::F32);
+    cpu.forward(Tensor::from(seq, {1, s}), Tensor(), Tensor(), full);
+    test::expect_close(preset + " decode step " + std::to_string(step), logits,
+                       full.slice0(s - 1, s), logits_tolerance(dtype));
+    if (step == 6) break;
+    seq.push_back(in.ids.data<int64_t>()[50 + step]);
+    gpu.decode(Tensor::from(std::vector<int64_t>{seq.back()}, {1}), state, logits);
+  }
+}
+
 // A bf16 model's optimizer keeps fp32 masters started from the full-precision values, updates
 // them like the CPU optimizer updates its fp32 model, and rounds them into the model.
 TEST(OptimizerOnGpu, Bf16ModelsStepTheirFp32Masters) {
