@@ -4,6 +4,7 @@
 # this project's build dependencies:
 #   bash scripts/gpu_bundle.sh [BUILD_DIR] [OUT_DIR]     (defaults: build-cuda, gpu-bundle)
 #   on the GPU machine: OUT_DIR/run.sh tests/nemotronh-test-ops
+# OUT_DIR.tar.xz holds the same, compressed (about 9 MB instead of 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-cuda}
@@ -33,4 +34,6 @@ export LD_LIBRARY_PATH="$here/lib:$cuda/lib64:${LD_LIBRARY_PATH:-}"
 exec "$here/$1" "${@:2}"
 RUN
 chmod +x "$out/run.sh"
-du -sh "$out"
+# The compressed form, for transfers with a size limit (tar -xJf on the GPU machine).
+tar -cJf "$out.tar.xz" "$out"
+du -sh "$out" "$out.tar.xz"
