@@ -19,6 +19,7 @@ void register_commands(CLI::App& app) {
   add_tokenize(app);
   add_generate(app);
   add_chat(app);
+  add_serve(app);
 }
 
 }  // namespace nh::cli

@@ -19,5 +19,6 @@ void add_preprocess(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_chat(CLI::App& app);
+void add_serve(CLI::App& app);
 
 }  // namespace nh::cli

@@ -3,39 +3,9 @@
 #include <algorithm>
 #include <memory>
 
-#include "infer/stop_strings.h"
+#include "infer/text_stream.h"
 
 namespace nh {
-
-namespace {
-
-// The decoded text of a request's tokens, released as it becomes final.
-class TextStream {
- public:
-  TextStream(const Tokenizer* tokenizer, const std::vector<std::string>& stops)
-      : tokenizer_(tokenizer), stops_(stops) {}
-  // Decodes the tokens so far and returns the newly final text ("" while a character is
-  // incomplete or a stop string may be starting).
-  std::string update(const std::vector<int32_t>& tokens) {
-    if (!tokenizer_) return "";
-    const std::string all = tokenizer_->decode(tokens, true);
-    // A token that ends inside a UTF-8 character decodes to U+FFFD; wait for the rest.
-    if (all.size() >= 3 && all.compare(all.size() - 3, 3, "\xEF\xBF\xBD") == 0) return "";
-    if (all.size() < decoded_) return "";
-    const std::string piece = all.substr(decoded_);
-    decoded_ = all.size();
-    return stops_.push(piece);
-  }
-  std::string flush() { return tokenizer_ && !stops_.stopped() ? stops_.flush() : ""; }
-  bool stopped() const { return stops_.stopped(); }
-
- private:
-  const Tokenizer* tokenizer_;
-  StopStrings stops_;
-  size_t decoded_ = 0;
-};
-
-}  // namespace
 
 std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
                                        const std::vector<GenerationRequest>& requests,
