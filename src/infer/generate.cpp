@@ -49,7 +49,7 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
   auto finish = [&](size_t r, const char* reason) {
     done[r] = true;
     results[r].finish_reason = reason;
-    const std::string rest = streams[r].flush();
+    const std::string rest = streams[r].flush(results[r].tokens);
     results[r].text += rest;
     if (on_text && !rest.empty()) on_text(r, rest);
   };

@@ -145,13 +145,13 @@ void Engine::sample_all() {
       next_.data<int64_t>()[r] = c.token;
       const auto& stop_ids = row.request.stop_ids;
       if (std::find(stop_ids.begin(), stop_ids.end(), c.token) != stop_ids.end()) {
-        end_row(r, "stop", row.text.flush());
+        end_row(r, "stop", row.text.flush(row.tokens));
         continue;
       }
       row.tokens.push_back(c.token);
       row.channel->push_token(c.token, c.logprob, row.text.update(row.tokens));
       if (row.text.stopped() || int64_t(row.tokens.size()) >= row.request.max_tokens)
-        end_row(r, row.text.stopped() ? "stop" : "length", row.text.flush());
+        end_row(r, row.text.stopped() ? "stop" : "length", row.text.flush(row.tokens));
     } catch (const std::exception& e) {
       end_row(r, "", "", e.what());
     }
