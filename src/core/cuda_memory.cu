@@ -89,10 +89,11 @@ void cuda_memset_zero(void* p, size_t bytes) {
   check(cudaMemsetAsync(p, 0, bytes, ops_stream()), "memset");
 }
 
-void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+// Host memory here is pageable (never pinned): cudaMemcpyAsync stages it before returning, so a
+// copy to the GPU needs no wait; a copy to the host waits until its bytes have arrived.
+void cuda_copy(void* dst, Device dst_device, const void* src, Device, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, ops_stream()), "memcpy");
-  if (dst_device == Device::CPU || src_device == Device::CPU)
-    check(cudaStreamSynchronize(ops_stream()), "memcpy");
+  if (dst_device == Device::CPU) check(cudaStreamSynchronize(ops_stream()), "memcpy");
 }
 
 void cuda_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) {

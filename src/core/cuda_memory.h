@@ -16,7 +16,8 @@ bool cuda_available();
 // Stream-ordered allocation on the stream the ops run on; freed memory stays in the pool.
 std::shared_ptr<void> cuda_allocate(size_t bytes);
 void cuda_memset_zero(void* p, size_t bytes);
-// Copies between any two devices (waits for the copy to finish when either side is the host).
+// Copies between any two devices; returns once a copy to the host has arrived (copies from
+// host memory, which is pageable, are staged before returning).
 void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 // dst[i] = src[i] converted, both on the GPU; float dtypes F32, F16 and BF16.
 void cuda_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n);
