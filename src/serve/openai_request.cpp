@@ -144,7 +144,7 @@ ApiRequest parse_request(Endpoint endpoint, const std::string& body_text, const 
   json body;
   try {
     body = json::parse(body_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, or a number too large for a double
     bad("", std::string("the body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) bad("", "the body must be a JSON object");

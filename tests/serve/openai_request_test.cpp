@@ -113,6 +113,7 @@ TEST(ServeOpenAIRequest, BadBodiesAndFieldsAre400sNamingTheField) {
   const auto C = Endpoint::Completions, Chat = Endpoint::ChatCompletions;
   const std::vector<Case> cases = {
       {C, "{not json", ""},
+      {C, R"({"prompt": [1], "temperature": 5e333333})", ""},  // a number beyond double
       {C, "[1, 2]", ""},
       {C, "{}", "prompt"},
       {C, R"({"prompt": {"a": 1}})", "prompt"},
