@@ -3,6 +3,7 @@
 # transformers' greedy continuation (tests/data/reference/*/greedy.safetensors), a seed makes
 # sampling reproducible, the JSONL batch mode answers every line, a piped chat answers each
 # message and honours /reset and /exit, and bad input is an error with exit code 2.
+# NH_TEST_DEVICE=cuda runs the model on the GPU (default cpu).
 set -uo pipefail
 nemotronh=$1 source_dir=$2
 tmp=$(mktemp -d)
@@ -26,18 +27,18 @@ print(",".join(map(str, ids("prompt_ids"))), json.dumps(ids("greedy_ids"), separ
 PY
 )
 got=$("$nemotronh" generate --model "$case_dir" --prompt-ids "$prompt" --max-new-tokens 8 \
-      --temperature 0 --ignore-eos --output-ids --device cpu)
+      --temperature 0 --ignore-eos --output-ids --device "${NH_TEST_DEVICE:-cpu}")
 [ "$got" = "$want" ] && ok || fail "greedy ids: got $got, want $want"
 
 a=$("$nemotronh" generate --model "$case_dir" --prompt-ids "$prompt" --max-new-tokens 12 \
-    --temperature 1.0 --top-k 20 --seed 7 --ignore-eos --output-ids --device cpu)
+    --temperature 1.0 --top-k 20 --seed 7 --ignore-eos --output-ids --device "${NH_TEST_DEVICE:-cpu}")
 b=$("$nemotronh" generate --model "$case_dir" --prompt-ids "$prompt" --max-new-tokens 12 \
-    --temperature 1.0 --top-k 20 --seed 7 --ignore-eos --output-ids --device cpu)
+    --temperature 1.0 --top-k 20 --seed 7 --ignore-eos --output-ids --device "${NH_TEST_DEVICE:-cpu}")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || fail "same seed, same tokens: $a vs $b"
 
 printf '{"prompt_ids": [1, 2, 3]}\n\n{"prompt_ids": [4, 5], "max_new_tokens": 3}\n' > "$tmp/batch.jsonl"
 "$nemotronh" generate --model "$case_dir" --batch-file "$tmp/batch.jsonl" --max-new-tokens 5 \
-  --temperature 0 --ignore-eos --device cpu --output "$tmp/out.jsonl"
+  --temperature 0 --ignore-eos --device "${NH_TEST_DEVICE:-cpu}" --output "$tmp/out.jsonl"
 python3 - "$tmp/out.jsonl" <<'PY' && ok || fail "batch output"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -57,7 +58,7 @@ PY
 "$nemotronh" train --out "$tmp/first" --set max_steps=1 > /dev/null 2>&1
 cp "$tmp/first/data/tokenizer.json" "$tmp/chat-model/"
 out=$(printf 'hello\n/reset\nagain\n/exit\nnot read\n' |
-      "$nemotronh" chat --model "$tmp/chat-model" --max-new-tokens 5 --temperature 0 --device cpu)
+      "$nemotronh" chat --model "$tmp/chat-model" --max-new-tokens 5 --temperature 0 --device "${NH_TEST_DEVICE:-cpu}")
 [ "$(printf '%s\n' "$out" | grep -c 'conversation reset')" = 1 ] && [ "$(printf '%s\n' "$out" | wc -l)" = 3 ] &&
   ok || fail "piped chat: $out"
 
@@ -66,15 +67,15 @@ expect_exit2() {  # expect_exit2 NAME ARGS...: the command fails with exit code 
   local rc=$?
   [ $rc = 2 ] && grep -q "error:" "$tmp/err" && ok || fail "$1 (exit $rc: $(cat "$tmp/err"))"
 }
-expect_exit2 "no prompt" generate --model "$case_dir" --device cpu
-expect_exit2 "two prompts" generate --model "$case_dir" --prompt-ids 1 --prompt x --device cpu
-expect_exit2 "bad id" generate --model "$case_dir" --prompt-ids 1,x --device cpu
-expect_exit2 "id outside the vocabulary" generate --model "$case_dir" --prompt-ids 1,100000 --device cpu
-expect_exit2 "text without a tokenizer" generate --model "$case_dir" --prompt hi --device cpu
-expect_exit2 "bad top-p" generate --model "$case_dir" --prompt-ids 1 --top-p 0 --device cpu
+expect_exit2 "no prompt" generate --model "$case_dir" --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "two prompts" generate --model "$case_dir" --prompt-ids 1 --prompt x --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "bad id" generate --model "$case_dir" --prompt-ids 1,x --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "id outside the vocabulary" generate --model "$case_dir" --prompt-ids 1,100000 --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "text without a tokenizer" generate --model "$case_dir" --prompt hi --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "bad top-p" generate --model "$case_dir" --prompt-ids 1 --top-p 0 --device "${NH_TEST_DEVICE:-cpu}"
 printf '{"prompt_ids": [1]}\nnot json\n' > "$tmp/bad.jsonl"
-expect_exit2 "bad batch line" generate --model "$case_dir" --batch-file "$tmp/bad.jsonl" --device cpu
-expect_exit2 "missing model" generate --model "$tmp/none" --prompt-ids 1 --device cpu
+expect_exit2 "bad batch line" generate --model "$case_dir" --batch-file "$tmp/bad.jsonl" --device "${NH_TEST_DEVICE:-cpu}"
+expect_exit2 "missing model" generate --model "$tmp/none" --prompt-ids 1 --device "${NH_TEST_DEVICE:-cpu}"
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

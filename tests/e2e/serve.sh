@@ -3,6 +3,7 @@
 # models, completions and chat completions with and without streaming, 8 concurrent streams,
 # a client that leaves mid-stream, 400/404/429/503 errors in OpenAI's shape, and a graceful
 # SIGTERM (in-flight requests finish, exit code 0).
+# NH_TEST_DEVICE=cuda runs the model on the GPU (default cpu).
 set -uo pipefail
 nemotronh=$1 source_dir=$2
 tmp=$(mktemp -d)
@@ -28,7 +29,7 @@ cp "$tmp/first/data/tokenizer.json" "$model/"
 start() {
   local name=$1
   shift
-  "$nemotronh" serve --model "$model" --model-name tiny --port 0 --device cpu "$@" \
+  "$nemotronh" serve --model "$model" --model-name tiny --port 0 --device "${NH_TEST_DEVICE:-cpu}" "$@" \
     > "$tmp/$name.out" 2> "$tmp/$name.err" &
   pid=$!
   pids+=("$pid")
