@@ -10,6 +10,7 @@
 #include "cli/inference_options.h"
 #include "infer/generate.h"
 #include "io/atomic_file.h"
+#include "io/text_file.h"
 
 namespace nh::cli {
 
@@ -38,14 +39,6 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
     }
   }
   return ids;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path, "file", "a readable file", "none");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // One request per prompt of the batch file: {"prompt": "..."} or {"prompt_ids": [...]},
@@ -113,7 +106,7 @@ void run(const Options& o) {
     if (!o.prompt_ids.empty())
       r.prompt = parse_ids(o.prompt_ids, "--prompt-ids");
     else
-      r.prompt = tok->encode(o.prompt.empty() ? read_text(o.prompt_file) : o.prompt, true);
+      r.prompt = tok->encode(o.prompt.empty() ? read_text_file(o.prompt_file) : o.prompt, true);
     requests.push_back(std::move(r));
   }
 

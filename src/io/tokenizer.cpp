@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/text_file.h"
 #include "io/tokenizer/added_tokens.h"
 #include "io/tokenizer/bpe.h"
 #include "io/tokenizer/decoders.h"
@@ -46,12 +47,7 @@ struct Tokenizer::Impl {
 namespace {
 
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path, "file", "a readable tokenizer file", "cannot open it");
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) throw Error(path, "file", "a readable tokenizer file", "a read error");
-  return s.str();
+  return read_text_file(path, "file", "a readable tokenizer file");
 }
 
 json parse_json(std::string_view text, const std::string& where) {

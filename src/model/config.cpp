@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/text_file.h"
 
 namespace nh {
 namespace {
@@ -746,12 +747,7 @@ ModelConfig load_config(const std::string& path_or_dir) {
   std::error_code ec;
   const fs::path path = fs::is_directory(path_or_dir, ec) ? fs::path(path_or_dir) / "config.json"
                                                           : fs::path(path_or_dir);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string(), "config.json", "a readable file", "none");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(path.string(), "config.json", "a readable file", "a read error");
-  return parse_config_text(text.str(), path.string());
+  return parse_config_text(read_text_file(path.string(), "config.json"), path.string());
 }
 
 json to_hf_json(const ModelConfig& c) {

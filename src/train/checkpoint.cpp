@@ -10,6 +10,7 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/text_file.h"
 
 namespace nh {
 
@@ -21,14 +22,6 @@ std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step-%08lld", (long long)step);
   return buf;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) throw Error(p.string(), "file", "a readable file", "none");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // True when the model holds full-precision parameters its files round (the optimizer holds the
@@ -91,7 +84,7 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
 std::string latest_checkpoint(const std::string& run_dir) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   if (!fs::exists(root / "latest")) return "";
-  std::string name = read_text(root / "latest");
+  std::string name = read_text_file((root / "latest").string());
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const fs::path dir = root / name;
   if (!fs::is_directory(dir))
@@ -107,7 +100,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
   const std::string where = (fs::path(dir) / "trainer_state.json").string();
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text(where));
+    j = nlohmann::json::parse(read_text_file(where));
   } catch (const nlohmann::json::exception& e) {
     throw Error(where, "JSON", "valid JSON", e.what());
   }
