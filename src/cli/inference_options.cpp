@@ -19,14 +19,11 @@ void add_sampling_options(CLI::App* cmd, SamplingParams& s) {
 }
 
 LoadedModel load_for_inference(const std::string& dir, const std::string& device_name,
-                               std::string dtype) {
+                               const std::string& dtype_name) {
   const Device device = select_device(device_name, "--device");
-  if (dtype.empty()) dtype = device == Device::CUDA ? "bf16" : "fp32";
-  if (dtype != "bf16" && dtype != "fp32") throw Error("--dtype", "value", "bf16 or fp32", dtype);
-  if (dtype == "bf16" && device == Device::CPU)
-    throw Error("--dtype", "value", "fp32 on the CPU (bf16 runs on cuda)", dtype);
+  const DType dtype = select_compute_dtype(dtype_name, device, "--dtype");
   LoadedModel m{Model::load(dir), nullptr, {}};
-  if (device != Device::CPU) m.model.to(device, dtype == "bf16" ? DType::BF16 : DType::F32);
+  if (device != Device::CPU) m.model.to(device, dtype);
   if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(dir));
   for (int64_t id : m.model.config().eos_token_ids) m.eos_ids.push_back(int32_t(id));

@@ -23,6 +23,6 @@ struct LoadedModel {
 
 // device: cpu, cuda or auto; dtype: fp32, bf16 (cuda only) or empty for the device's default.
 LoadedModel load_for_inference(const std::string& dir, const std::string& device,
-                               std::string dtype);
+                               const std::string& dtype);
 
 }  // namespace nh::cli

@@ -107,16 +107,12 @@ Tensor find_grad(Model& m, const std::string& hf_name, const std::string& where)
 
 int run(Options o) {
   const Device device = select_device(o.device, "--device");
-  if (o.dtype.empty()) o.dtype = device == Device::CUDA ? "bf16" : "fp32";
-  if (o.dtype != "fp32" && o.dtype != "bf16")
-    throw Error("--dtype", "value", "fp32 or bf16", o.dtype);
-  if (o.dtype == "bf16" && device == Device::CPU)
-    throw Error("--dtype", "value", "fp32 on the CPU (bf16 compute runs on cuda)", o.dtype);
-  const bool bf16 = o.dtype == "bf16";
+  const DType dtype = select_compute_dtype(o.dtype, device, "--dtype");
+  const bool bf16 = dtype == DType::BF16;
   if (o.rtol <= 0) o.rtol = bf16 ? kBf16Rtol : kFp32Rtol;
   if (o.grad_rtol <= 0) o.grad_rtol = bf16 ? kBf16GradRtol : kFp32GradRtol;
   Model model = Model::load(o.model);
-  if (device != Device::CPU) model.to(device, bf16 ? DType::BF16 : DType::F32);
+  if (device != Device::CPU) model.to(device, dtype);
   SafetensorsFile ref(o.reference);
   for (const char* name : {"input_ids", "labels", "logits", "loss"})
     if (!ref.has(name)) throw Error(o.reference, name, "a tensor of this name", "none");
@@ -163,7 +159,7 @@ int run(Options o) {
   }
   std::printf("%d of %d tensors within tolerance (rtol %.1e, gradients %.1e); forward+backward "
               "of %lld tokens in %s on %s took %.1f ms\n",
-              checked - failed, checked, o.rtol, o.grad_rtol, (long long)t, o.dtype.c_str(),
+              checked - failed, checked, o.rtol, o.grad_rtol, (long long)t, bf16 ? "bf16" : "fp32",
               device_name(device), ms);
   return failed ? 1 : 0;
 }

@@ -16,6 +16,15 @@ Device select_device(const std::string& name, const std::string& where) {
   return Device::CUDA;
 }
 
+DType select_compute_dtype(const std::string& name, Device device, const std::string& where) {
+  if (name.empty()) return device == Device::CUDA ? DType::BF16 : DType::F32;
+  if (name == "fp32") return DType::F32;
+  if (name != "bf16") throw Error(where, "value", "fp32 or bf16", name);
+  if (device == Device::CPU)
+    throw Error(where, "value", "fp32 on the CPU (bf16 compute runs on cuda)", name);
+  return DType::BF16;
+}
+
 double gpu_bf16_peak_flops() {
   const std::string n = cuda_device_name();
   auto has = [&](const char* s) { return n.find(s) != std::string::npos; };
