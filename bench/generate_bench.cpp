@@ -10,20 +10,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "bench_model.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
-#include "core/rng.h"
-#include "model/model.h"
-#include "model/presets.h"
 
 namespace nh {
 namespace {
 
 struct Options {
-  std::string model = "nemotron-h-8b", pattern, dtype = "bf16", device = "auto";
+  std::string model = "nemotron-h-8b", pattern, dtype, device = "auto";  // dtype "": default
   std::vector<int64_t> prefill{8192}, batch{1, 8};
   int64_t prompt = 32, new_tokens = 128;
 };
@@ -32,15 +29,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
-double gib(int64_t b) { return double(b) / double(int64_t(1) << 30); }
-
-Tensor random_ids(int64_t n, int64_t vocab, Rng& rng) {
-  Tensor t = Tensor::empty({n}, DType::I64);
-  for (int64_t i = 0; i < n; ++i)
-    t.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(rng.uniform() * double(vocab)));
-  return t;
-}
-
 void sync(Device d) {
   if (d == Device::CUDA) cuda_synchronize();
 }
@@ -59,14 +47,9 @@ double copy_bandwidth() {
 
 int run(const Options& o) {
   const Device device = select_device(o.device, "--device");
-  const DType dtype = o.dtype == "bf16" ? DType::BF16 : DType::F32;
+  const DType dtype = select_compute_dtype(o.dtype, device, "--dtype");
   const auto t_load = Clock::now();
-  namespace fs = std::filesystem;
-  Model model = [&] {
-    if (fs::is_directory(o.model)) return Model::load(o.model, device == Device::CUDA ? dtype : DType::F32);
-    const ModelConfig c = o.model.ends_with(".json") ? load_config(o.model) : preset_config(o.model);
-    return Model::init(with_layer_pattern(c, o.pattern, "--pattern"), 1);
-  }();
+  Model model = bench_model(o.model, o.pattern, dtype, 1);
   if (device == Device::CUDA) model.to(device, dtype);
   const ModelConfig& c = model.config();
   int64_t params = 0;
@@ -77,7 +60,7 @@ int run(const Options& o) {
     j["pattern"] = c.pattern();
     j["params"] = params;
     j["device"] = device == Device::CUDA ? cuda_device_name() : "cpu";
-    j["dtype"] = o.dtype;
+    j["dtype"] = dtype == DType::BF16 ? "bf16" : "fp32";
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
   };
@@ -87,7 +70,7 @@ int run(const Options& o) {
   for (int64_t s : o.prefill) {
     InferenceState state = model.new_inference_state(1, s + 1);
     Tensor logits = Tensor::empty({1, c.vocab_size}, DType::F32);
-    const Tensor ids = random_ids(s, c.vocab_size, rng);
+    const Tensor ids = random_token_ids({s}, c.vocab_size, rng);
     sync(device);
     reset_device_memory_peak();
     const auto t = Clock::now();
@@ -105,7 +88,7 @@ int run(const Options& o) {
     Tensor logits = Tensor::empty({b, c.vocab_size}, DType::F32);
     for (int64_t r = 0; r < b; ++r) {
       Tensor row = logits.slice0(r, r + 1);
-      model.prefill(random_ids(o.prompt, c.vocab_size, rng), state, r, row);
+      model.prefill(random_token_ids({o.prompt}, c.vocab_size, rng), state, r, row);
     }
     Tensor next = Tensor::empty({b}, DType::I64);
     auto step = [&] {
@@ -149,7 +132,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "decode batch sizes")->delimiter(',');
   app.add_option("--prompt", o.prompt, "prompt tokens before decoding")->capture_default_str();
   app.add_option("--new", o.new_tokens, "decode steps (3 of them warm-up)")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "bf16 or fp32")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "fp32, or bf16 on cuda (the default there)");
   app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {

@@ -11,14 +11,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "bench_model.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
-#include "core/rng.h"
-#include "model/model.h"
-#include "model/presets.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 
@@ -27,7 +24,7 @@ namespace {
 
 struct Options {
   std::string model = "nemotron-h-8b", pattern, recompute = "none", optimizer = "adamw";
-  std::string dtype = "bf16", device = "auto";
+  std::string dtype, device = "auto";  // dtype "": the device's default
   int64_t seq = 8192, batch = 1, steps = 5, warmup = 2;
   uint64_t seed = 1;
 };
@@ -46,34 +43,13 @@ std::vector<LayerKind> recompute_kinds(const std::string& s) {
   return out;
 }
 
-Model make_model(const Options& o, DType dtype) {
-  namespace fs = std::filesystem;
-  if (fs::is_directory(o.model) && fs::exists(fs::path(o.model) / "model.safetensors.index.json"))
-    return Model::load(o.model, dtype);
-  if (fs::is_directory(o.model) && fs::exists(fs::path(o.model) / "model.safetensors"))
-    return Model::load(o.model, dtype);
-  const bool is_file = o.model.ends_with(".json") || fs::is_directory(o.model);
-  const ModelConfig c = is_file ? load_config(o.model) : preset_config(o.model);
-  return Model::init(with_layer_pattern(c, o.pattern, "--pattern"), o.seed);
-}
-
-Tensor random_tokens(int64_t b, int64_t s, int64_t vocab, Rng& rng) {
-  Tensor t = Tensor::empty({b, s}, DType::I64);
-  for (int64_t i = 0; i < t.numel(); ++i)
-    t.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(rng.uniform() * double(vocab)));
-  return t;
-}
-
-double gib(int64_t bytes) { return double(bytes) / double(int64_t(1) << 30); }
-
 int run(const Options& o) {
   const Device device = select_device(o.device, "--device");
-  const DType dtype = o.dtype == "bf16" ? DType::BF16 : DType::F32;
-  if (o.dtype != "bf16" && o.dtype != "fp32") throw Error("--dtype", "value", "bf16 or fp32", o.dtype);
+  const DType dtype = select_compute_dtype(o.dtype, device, "--dtype");
   if (o.optimizer != "adamw" && o.optimizer != "none")
     throw Error("--optimizer", "value", "adamw or none", o.optimizer);
   const auto t_load = std::chrono::steady_clock::now();
-  Model model = make_model(o, device == Device::CUDA ? dtype : DType::F32);
+  Model model = bench_model(o.model, o.pattern, dtype, o.seed);
   ParamSet full;
   if (o.optimizer == "adamw" && model.dtype() == DType::F32 && dtype != DType::F32)
     full = model.params();
@@ -93,8 +69,8 @@ int run(const Options& o) {
   double loss = 0;
   reset_device_memory_peak();
   for (int64_t i = 0; i < o.warmup + o.steps; ++i) {
-    const Tensor ids = random_tokens(o.batch, o.seq, c.vocab_size, rng).to(device);
-    const Tensor targets = random_tokens(o.batch, o.seq, c.vocab_size, rng).to(device);
+    const Tensor ids = random_token_ids({o.batch, o.seq}, c.vocab_size, rng).to(device);
+    const Tensor targets = random_token_ids({o.batch, o.seq}, c.vocab_size, rng).to(device);
     if (device == Device::CUDA) cuda_synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     model.grads().fill_zero();
@@ -122,7 +98,7 @@ int run(const Options& o) {
       {"pattern", c.pattern()},
       {"params", params},
       {"device", device == Device::CUDA ? cuda_device_name() : "cpu"},
-      {"dtype", o.dtype},
+      {"dtype", dtype == DType::BF16 ? "bf16" : "fp32"},
       {"batch", o.batch},
       {"seq", o.seq},
       {"recompute", o.recompute},
@@ -157,7 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--recompute", o.recompute, "none, all, or layer characters (M*-E)")
       ->capture_default_str();
   app.add_option("--optimizer", o.optimizer, "adamw or none")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "bf16 or fp32 compute")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "fp32, or bf16 on cuda (the default there)");
   app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);

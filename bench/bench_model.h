@@ -1,0 +1,39 @@
+// What the benchmark programs share: the model they time and random token ids.
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+
+#include "core/rng.h"
+#include "model/model.h"
+#include "model/presets.h"
+
+namespace nh {
+
+// A model directory with weights is loaded in `dtype`; a config.json, a directory holding only
+// one, or a preset name gets random weights from `seed` (fp32), its layers replaced by
+// `pattern` when that is given.
+inline Model bench_model(const std::string& model, const std::string& pattern, DType dtype,
+                         uint64_t seed) {
+  namespace fs = std::filesystem;
+  const fs::path dir(model);
+  if (fs::is_directory(dir) && (fs::exists(dir / "model.safetensors.index.json") ||
+                                fs::exists(dir / "model.safetensors")))
+    return Model::load(model, dtype);
+  const bool is_file = model.ends_with(".json") || fs::is_directory(dir);
+  const ModelConfig c = is_file ? load_config(model) : preset_config(model);
+  return Model::init(with_layer_pattern(c, pattern, "--pattern"), seed);
+}
+
+// I64 ids drawn uniformly from [0, vocab).
+inline Tensor random_token_ids(const Shape& shape, int64_t vocab, Rng& rng) {
+  Tensor t = Tensor::empty(shape, DType::I64);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(rng.uniform() * double(vocab)));
+  return t;
+}
+
+inline double gib(int64_t bytes) { return double(bytes) / double(int64_t(1) << 30); }
+
+}  // namespace nh
