@@ -30,8 +30,7 @@ void AttentionMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   k_.forward(u, k_out_);
   v_.forward(u, v_out_);
   o_in_ = Tensor::empty(q_out_.shape(), dt, dev);
-  // The CUDA kernels keep the softmax statistics in fp32 whatever the activation dtype.
-  lse_ = Tensor::empty({b, heads_, s}, dev == Device::CUDA ? DType::F32 : dt, dev);
+  lse_ = Tensor::empty({b, heads_, s}, stats_dtype(dt), dev);
   attention_forward(q_out_, k_out_, v_out_, batch.seq_idx, 1.0 / std::sqrt(double(head_dim_)),
                     o_in_, lse_);
   o_.forward(o_in_.reshape({b * s, heads_ * head_dim_}), out);

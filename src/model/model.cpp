@@ -39,8 +39,9 @@ void Model::to(Device device, DType dtype) {
   ParamSet moved;
   for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases)) {
     const Tensor& p = weights_.params.at(spec.name);
-    const DType want = spec.trainable ? dtype : DType::F32;
-    moved.add(spec.name, p.dtype() == want ? p.to(device) : p.to(Device::CPU).to(want).to(device));
+    Tensor t = Tensor::empty(p.shape(), spec.trainable ? dtype : DType::F32, device);
+    t.copy_from(p);  // converts on whichever side it can
+    moved.add(spec.name, std::move(t));
   }
   // Release the old copies before the gradients are made on the new device.
   weights_.params = ParamSet();
