@@ -60,6 +60,18 @@ void with_gpu_float_type(DType dtype, F&& f) {
     throw Error("cuda op", "dtype", "F32 or BF16", dtype_name(dtype));
 }
 
+// Calls f(T{}, R{}): T the storage type of x, R that of a norm's saved statistics (F32 or T).
+template <class F>
+void with_norm_types(const Tensor& x, const Tensor& rstd, F&& f) {
+  with_gpu_float_type(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    if (rstd.dtype() == DType::F32)
+      f(T{}, float{});
+    else
+      f(T{}, T{});
+  });
+}
+
 template <class T>
 T* ptr(const Tensor& t) {
   return static_cast<T*>(t.raw());

@@ -128,18 +128,6 @@ int64_t check_gated(const Tensor& x, const Tensor& z, const Tensor& w, int64_t g
   return rows;
 }
 
-// Calls f(T{}, R{}): T the storage type of x, R that of rstd (F32 or T).
-template <class F>
-void with_norm_types(const Tensor& x, const Tensor& rstd, F&& f) {
-  with_gpu_float_type(x.dtype(), [&](auto t) {
-    using T = decltype(t);
-    if (rstd.dtype() == DType::F32)
-      f(T{}, float{});
-    else
-      f(T{}, T{});
-  });
-}
-
 }  // namespace
 
 void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, int64_t groups,

@@ -95,18 +95,6 @@ int64_t check_rmsnorm(const Tensor& x, const Tensor& w, const Tensor& rstd) {
   return rows;
 }
 
-// Calls f(T{}, R{}): T the storage type of x, R that of rstd (F32 or T).
-template <class F>
-void with_norm_types(const Tensor& x, const Tensor& rstd, F&& f) {
-  with_gpu_float_type(x.dtype(), [&](auto t) {
-    using T = decltype(t);
-    if (rstd.dtype() == DType::F32)
-      f(T{}, float{});
-    else
-      f(T{}, T{});
-  });
-}
-
 }  // namespace
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
