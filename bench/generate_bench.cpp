@@ -1,16 +1,21 @@
 // nemotronh-bench-generate: times inference of a model on random tokens and prints JSON lines:
 //   prefill: one sequence of --prefill tokens (tokens/s, peak device memory, state bytes);
 //   decode:  --batch sequences after a --prompt-token prompt, --new greedy steps (tokens/s,
-//            ms per step), and the weight bytes read per step over the measured device copy
-//            bandwidth (the memory-bandwidth limit of batch-1 decoding).
+//            ms per step), on the GPU with and without CUDA graphs, and the weight bytes read
+//            per step (every parameter but the embedding table, of which a step reads B rows)
+//            over the measured device copy bandwidth (the memory-bandwidth limit of batch-1
+//            decoding).
 //
 //   nemotronh-bench-generate --model nemotron-h-8b [--pattern P] --prefill 8192,131072
 //                            --batch 1,8,64 [--prompt 32] [--new 128] [--dtype bf16]
+//   (--prefill 0: decoding only; --profile-step: under `ncu --profile-from-start off`, profile
+//   one eager decode step per batch size)
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "bench_model.h"
 #include "core/cuda_memory.h"
@@ -23,6 +28,7 @@ struct Options {
   std::string model = "nemotron-h-8b", pattern, dtype, device = "auto";  // dtype "": default
   std::vector<int64_t> prefill{8192}, batch{1, 8};
   int64_t prompt = 32, new_tokens = 128;
+  bool profile_step = false;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -54,7 +60,8 @@ int run(const Options& o) {
   const ModelConfig& c = model.config();
   int64_t params = 0;
   for (const auto& n : model.params().names()) params += model.params().at(n).numel();
-  const double weight_bytes = double(params) * double(dtype_size(model.dtype()));
+  const int64_t table = model.tied_head() ? 0 : c.vocab_size * c.hidden_size;
+  const double weight_bytes = double(params - table) * double(dtype_size(model.dtype()));
   auto line = [&](nlohmann::ordered_json j) {
     j["model"] = o.model;
     j["pattern"] = c.pattern();
@@ -68,6 +75,7 @@ int run(const Options& o) {
   Rng rng(7);
 
   for (int64_t s : o.prefill) {
+    if (s <= 0) continue;  // --prefill 0: decoding only
     InferenceState state = model.new_inference_state(1, s + 1);
     Tensor logits = Tensor::empty({1, c.vocab_size}, DType::F32);
     const Tensor ids = random_token_ids({s}, c.vocab_size, rng);
@@ -83,39 +91,51 @@ int run(const Options& o) {
   }
 
   const double bandwidth = device == Device::CUDA ? copy_bandwidth() : 0;
-  for (int64_t b : o.batch) {
-    InferenceState state = model.new_inference_state(b, o.prompt + o.new_tokens + 1);
-    Tensor logits = Tensor::empty({b, c.vocab_size}, DType::F32);
-    for (int64_t r = 0; r < b; ++r) {
-      Tensor row = logits.slice0(r, r + 1);
-      model.prefill(random_token_ids({o.prompt}, c.vocab_size, rng), state, r, row);
-    }
-    Tensor next = Tensor::empty({b}, DType::I64);
-    auto step = [&] {
+  for (int64_t b : o.batch)
+    for (bool graphs : device == Device::CUDA ? std::vector<bool>{true, false}
+                                              : std::vector<bool>{false}) {
+      InferenceState state = model.new_inference_state(b, o.prompt + o.new_tokens + 2);
+      state.use_graphs = graphs;
+      Tensor logits = Tensor::empty({b, c.vocab_size}, DType::F32);
       for (int64_t r = 0; r < b; ++r) {
-        const float* l = logits.data<float>() + r * c.vocab_size;
-        next.data<int64_t>()[r] = std::max_element(l, l + c.vocab_size) - l;
+        Tensor row = logits.slice0(r, r + 1);
+        model.prefill(random_token_ids({o.prompt}, c.vocab_size, rng), state, r, row);
       }
-      model.decode(next, state, logits);
-    };
-    for (int i = 0; i < 3; ++i) step();  // warm-up
-    sync(device);
-    const auto t = Clock::now();
-    const int64_t steps = o.new_tokens - 3;
-    for (int64_t i = 0; i < steps; ++i) step();
-    sync(device);
-    const double sec = seconds_since(t), step_s = sec / double(steps);
-    nlohmann::ordered_json j = {{"bench", "decode"},          {"batch", b},
-                                {"prompt", o.prompt},         {"steps", steps},
-                                {"ms_per_step", step_s * 1e3}, {"tokens_per_s", double(b * steps) / sec},
-                                {"state_gib", gib(state.bytes())}};
-    if (bandwidth > 0) {
-      j["copy_bandwidth_gb_s"] = bandwidth / 1e9;
-      j["weight_read_limit_ms"] = weight_bytes / bandwidth * 1e3;
-      j["fraction_of_bandwidth_limit"] = weight_bytes / bandwidth / step_s;
+      Tensor next = Tensor::empty({b}, DType::I64);
+      auto step = [&] {
+        for (int64_t r = 0; r < b; ++r) {
+          const float* l = logits.data<float>() + r * c.vocab_size;
+          next.data<int64_t>()[r] = std::max_element(l, l + c.vocab_size) - l;
+        }
+        model.decode(next, state, logits);
+      };
+      for (int i = 0; i < 3; ++i) step();  // warm-up (and the graph's capture)
+      if (o.profile_step && !graphs) {  // one eager step for `ncu --profile-from-start off`
+        cuda_profiler(true);
+        step();
+        cuda_profiler(false);
+      }
+      sync(device);
+      const auto t = Clock::now();
+      const int64_t steps = o.new_tokens - 3;
+      for (int64_t i = 0; i < steps; ++i) step();
+      sync(device);
+      const double sec = seconds_since(t), step_s = sec / double(steps);
+      nlohmann::ordered_json j = {{"bench", "decode"},
+                                  {"batch", b},
+                                  {"cuda_graphs", graphs},
+                                  {"prompt", o.prompt},
+                                  {"steps", steps},
+                                  {"ms_per_step", step_s * 1e3},
+                                  {"tokens_per_s", double(b * steps) / sec},
+                                  {"state_gib", gib(state.bytes())}};
+      if (bandwidth > 0) {
+        j["copy_bandwidth_gb_s"] = bandwidth / 1e9;
+        j["weight_read_limit_ms"] = weight_bytes / bandwidth * 1e3;
+        j["fraction_of_bandwidth_limit"] = weight_bytes / bandwidth / step_s;
+      }
+      line(j);
     }
-    line(j);
-  }
   return 0;
 }
 
@@ -134,6 +154,8 @@ int main(int argc, char** argv) {
   app.add_option("--new", o.new_tokens, "decode steps (3 of them warm-up)")->capture_default_str();
   app.add_option("--dtype", o.dtype, "fp32, or bf16 on cuda (the default there)");
   app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
+  app.add_flag("--profile-step", o.profile_step,
+               "mark one eager decode step per batch size as the profiler's range");
   CLI11_PARSE(app, argc, argv);
   try {
     return nh::run(o);

@@ -22,7 +22,8 @@ struct Options {
   std::string model, host = "127.0.0.1", device = "auto", dtype, model_name,
                      chat_template = "chatml";
   int port = 8080;
-  int64_t max_batch = 8, max_context = 4096, max_tokens_limit = 2048, max_queue = 64;
+  int64_t max_batch = 8, max_context = 4096, max_tokens_limit = 2048, max_queue = 64,
+          kv_cache_tokens = 0;
 };
 
 volatile sig_atomic_t g_stop_signal = 0;
@@ -59,7 +60,7 @@ void run(const Options& o) {
   server_options.handler_threads = int(o.max_batch + o.max_queue + 8);
 
   serve::Engine engine(loaded.model, loaded.tokenizer.get(),
-                       {o.max_batch, o.max_context, o.max_queue});
+                       {o.max_batch, o.max_context, o.max_queue, o.kv_cache_tokens});
   serve::HttpServer server(engine, context, server_options);
   const int port = server.bind();
   std::atomic<bool> listening = true;
@@ -103,6 +104,11 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "max_tokens a request may ask for")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  cmd->add_option("--kv-cache-tokens", o->kv_cache_tokens,
+                  "KV cache positions shared by all requests (0: max-batch × max-context); a "
+                  "request reserves prompt + max_tokens of them while it runs")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   cmd->add_option("--max-queue", o->max_queue, "requests waiting for a row (more: 429)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));

@@ -2,6 +2,7 @@
 // stream the ops run on, so memory freed by one op is reused by the next without a sync.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -119,6 +120,11 @@ std::string cuda_device_name() {
   if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
     return "";
   return prop.name;
+}
+
+void cuda_profiler(bool on) {
+  cuda_synchronize();
+  check(on ? cudaProfilerStart() : cudaProfilerStop(), "profiler range");
 }
 
 DeviceMemoryStats device_memory_stats() {

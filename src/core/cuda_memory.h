@@ -25,6 +25,8 @@ void cuda_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, 
 void cuda_synchronize();
 // The current GPU's name ("NVIDIA H100 80GB HBM3"); empty without one.
 std::string cuda_device_name();
+// Starts or stops the range a profiler started with `ncu --profile-from-start off` records.
+void cuda_profiler(bool on);
 
 // Bytes of device memory held by tensors now and the most held since the last reset, and what
 // the device has free and in total.

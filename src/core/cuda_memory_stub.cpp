@@ -16,6 +16,7 @@ void cuda_copy(void*, Device, const void*, Device, size_t) { no_cuda(); }
 void cuda_convert(void*, DType, const void*, DType, int64_t) { no_cuda(); }
 void cuda_synchronize() {}
 std::string cuda_device_name() { return ""; }
+void cuda_profiler(bool) {}
 DeviceMemoryStats device_memory_stats() { return {}; }
 void reset_device_memory_peak() {}
 

@@ -33,19 +33,26 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
     longest_prompt = std::max<int64_t>(longest_prompt, int64_t(q.prompt.size()));
     most_new = std::max(most_new, q.max_new_tokens);
   }
-  // Finished sequences keep stepping until the batch ends, so every row gets room for the
-  // longest prompt plus the most new tokens.
-  InferenceState state = model.new_inference_state(int64_t(n), longest_prompt + most_new);
+  // Each row reserves KV pages for its own prompt and new tokens only.
+  int64_t kv_positions = 0;
+  for (const auto& q : requests) {
+    const int64_t want = int64_t(q.prompt.size()) + q.max_new_tokens;
+    kv_positions += (want + kDefaultPageSize - 1) / kDefaultPageSize * kDefaultPageSize;
+  }
+  InferenceState state =
+      model.new_inference_state(int64_t(n), longest_prompt + most_new, kv_positions);
   Tensor logits = Tensor::empty({int64_t(n), vocab}, DType::F32);
   for (size_t r = 0; r < n; ++r) {
     const auto& p = requests[r].prompt;
+    NH_CHECK(state.reserve(int64_t(r), int64_t(p.size()) + requests[r].max_new_tokens),
+             "the KV pool is sized for every request");
     Tensor ids = Tensor::from(std::vector<int64_t>(p.begin(), p.end()), {int64_t(p.size())});
     Tensor row = logits.slice0(int64_t(r), int64_t(r) + 1);
     model.prefill(ids, state, int64_t(r), row);
   }
 
   std::vector<bool> done(n, false);
-  Tensor next = Tensor::zeros({int64_t(n)}, DType::I64);
+  std::vector<int64_t> next(n, 0);
   auto finish = [&](size_t r, const char* reason) {
     done[r] = true;
     results[r].finish_reason = reason;
@@ -62,7 +69,7 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
       const auto& q = requests[r];
       const Sampler::Choice c =
           samplers[r].sample(logits.data<float>() + int64_t(r) * vocab, q.prompt, res.tokens);
-      next.data<int64_t>()[r] = c.token;
+      next[r] = c.token;
       if (std::find(q.stop_ids.begin(), q.stop_ids.end(), c.token) != q.stop_ids.end()) {
         finish(r, "stop");
         continue;
@@ -77,8 +84,19 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
       else if (int64_t(res.tokens.size()) >= q.max_new_tokens)
         finish(r, "length");
     }
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-    model.decode(next, state, logits);
+    // Only the rows still generating take a step.
+    std::vector<int64_t> live, ids;
+    for (size_t r = 0; r < n; ++r)
+      if (!done[r]) {
+        live.push_back(int64_t(r));
+        ids.push_back(next[r]);
+      }
+    if (live.empty()) break;
+    const int64_t k = int64_t(live.size());
+    Tensor step_logits = Tensor::empty({k, vocab}, DType::F32);
+    model.decode(Tensor::from(ids, {k}), live, state, step_logits);
+    for (int64_t i = 0; i < k; ++i)
+      logits.slice0(live[size_t(i)], live[size_t(i)] + 1).copy_from(step_logits.slice0(i, i + 1));
   }
   return results;
 }

@@ -3,8 +3,8 @@
 #include <cmath>
 
 #include "ops/attention.h"
-#include "ops/attention_decode.h"
 #include "ops/elementwise.h"
+#include "ops/paged_attention.h"
 
 namespace nh {
 
@@ -56,40 +56,32 @@ void AttentionMixer::backward(const Tensor& dout, Tensor& du) {
   release();
 }
 
-void AttentionMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
-                             Tensor& out) {
+void AttentionMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache,
+                             const CacheSlots& slots, int64_t, Tensor& out) {
   NH_CHECK(batch.batch == 1, "prefill runs one sequence");
   forward(u, batch, out);
-  const int64_t s = batch.seq, width = kv_heads_ * head_dim_;
-  for (auto [cached, fresh] : {std::pair{&cache.k, &k_out_}, std::pair{&cache.v, &v_out_}}) {
-    Tensor dst = cached->slice0(row, row + 1).reshape({cached->size(1), width}).slice0(0, s);
-    dst.copy_from(fresh->reshape({s, width}));
-  }
+  const Shape tokens{batch.seq, kv_heads_, head_dim_};
+  kv_cache_write(k_out_.reshape(tokens), slots.block_table, slots.rows, slots.positions, cache.k);
+  kv_cache_write(v_out_.reshape(tokens), slots.block_table, slots.rows, slots.positions, cache.v);
   release();
 }
 
-void AttentionMixer::decode(const Tensor& u, LayerCache& cache,
-                            const std::vector<int64_t>& lengths, Tensor& out) {
-  const int64_t b = u.size(0), width = kv_heads_ * head_dim_, capacity = cache.k.size(1);
+void AttentionMixer::decode(const Tensor& u, LayerCache& cache, const CacheSlots& slots,
+                            Tensor& out) {
+  const int64_t b = u.size(0);
   const DType dt = u.dtype();
   const Device dev = u.device();
   Tensor q = Tensor::empty({b, heads_, head_dim_}, dt, dev);
-  Tensor k = Tensor::empty({b, width}, dt, dev), v = Tensor::empty({b, width}, dt, dev);
+  Tensor k = Tensor::empty({b, kv_heads_, head_dim_}, dt, dev);
+  Tensor v = Tensor::empty({b, kv_heads_, head_dim_}, dt, dev);
   q_.forward(u, q);
   k_.forward(u, k);
   v_.forward(u, v);
-  Tensor len = Tensor::empty({b}, DType::I64);
-  for (int64_t r = 0; r < b; ++r) {
-    const int64_t pos = lengths[size_t(r)] - 1;
-    NH_CHECK(pos >= 0 && pos < capacity, "decode position outside the KV cache");
-    len.data<int64_t>()[r] = pos + 1;
-    for (auto [cached, fresh] : {std::pair{&cache.k, &k}, std::pair{&cache.v, &v}}) {
-      Tensor dst = cached->slice0(r, r + 1).reshape({capacity, width}).slice0(pos, pos + 1);
-      dst.copy_from(fresh->slice0(r, r + 1));
-    }
-  }
+  kv_cache_write(k, slots.block_table, slots.rows, slots.positions, cache.k);
+  kv_cache_write(v, slots.block_table, slots.rows, slots.positions, cache.v);
   Tensor o = Tensor::empty({b, heads_, head_dim_}, dt, dev);
-  attention_decode(q, cache.k, cache.v, len, 1.0 / std::sqrt(double(head_dim_)), o);
+  paged_attention_decode(q, cache.k, cache.v, slots.block_table, slots.rows, slots.lengths,
+                         1.0 / std::sqrt(double(head_dim_)), o);
   o_.forward(o.reshape({b, heads_ * head_dim_}), out);
 }
 

@@ -11,10 +11,9 @@ class AttentionMixer : public Mixer {
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
   void release() override;
-  void prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
-               Tensor& out) override;
-  void decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>& lengths,
-              Tensor& out) override;
+  void prefill(const Tensor& u, const Batch& batch, LayerCache& cache,
+               const CacheSlots& slots, int64_t row, Tensor& out) override;
+  void decode(const Tensor& u, LayerCache& cache, const CacheSlots& slots, Tensor& out) override;
 
  private:
   int64_t heads_, kv_heads_, head_dim_;

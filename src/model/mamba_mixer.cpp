@@ -6,7 +6,7 @@
 #include "ops/elementwise.h"
 #include "ops/gated_rmsnorm.h"
 #include "ops/mamba_dt.h"
-#include "ops/mamba_step.h"
+#include "ops/mamba_decode_step.h"
 #include "ops/ssd.h"
 
 namespace nh {
@@ -127,8 +127,8 @@ void MambaMixer::backward(const Tensor& dout, Tensor& du) {
   release();
 }
 
-void MambaMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
-                         Tensor& out) {
+void MambaMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache, const CacheSlots&,
+                         int64_t row, Tensor& out) {
   NH_CHECK(batch.batch == 1, "prefill runs one sequence");
   run(u, batch, out, cache.ssm_state.slice0(row, row + 1));
   // The convolution state: the last K-1 inputs of each channel, zeros before the prompt. It is
@@ -145,36 +145,19 @@ void MambaMixer::prefill(const Tensor& u, const Batch& batch, LayerCache& cache,
   release();
 }
 
-void MambaMixer::decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>&,
-                        Tensor& out) {
+void MambaMixer::decode(const Tensor& u, LayerCache& cache, const CacheSlots& slots, Tensor& out) {
   const int64_t b = u.size(0);
   const DType dt = u.dtype();
   const Device dev = u.device();
-  auto make = [&](const Shape& shape) { return Tensor::empty(shape, dt, dev); };
-  Tensor zxbcdt = make({b, d_inner_ + conv_dim_ + heads_});
+  Tensor zxbcdt = Tensor::empty({b, d_inner_ + conv_dim_ + heads_}, dt, dev);
   in_proj_.forward(u, zxbcdt);
-  Tensor z = make({b, d_inner_}), xbc_raw = make({b, conv_dim_}), dt_raw = make({b, heads_});
+  Tensor y = Tensor::empty({b, heads_, head_dim_}, dt, dev);
+  mamba_decode_step(zxbcdt, slots.rows, conv_w_.reshape({conv_dim_, kernel_}), conv_b_, dt_bias_,
+                    A_log_, D_, dt_lo_, dt_hi_, groups_, state_, cache.conv_state,
+                    cache.ssm_state, y);
+  Tensor z = Tensor::empty({b, d_inner_}, dt, dev), g = Tensor::empty({b, d_inner_}, dt, dev);
   copy_columns(zxbcdt, 0, z);
-  copy_columns(zxbcdt, d_inner_, xbc_raw);
-  copy_columns(zxbcdt, d_inner_ + conv_dim_, dt_raw);
-
-  Tensor xbc = make({b, conv_dim_});
-  conv1d_step(xbc_raw, cache.conv_state, conv_w_.reshape({conv_dim_, kernel_}), conv_b_, xbc);
-  Tensor x = make({b, heads_, head_dim_}), bm = make({b, groups_, state_}),
-         cm = make({b, groups_, state_});
-  Tensor x2 = x.reshape({b, d_inner_}), b2 = bm.reshape({b, groups_ * state_}),
-         c2 = cm.reshape({b, groups_ * state_});
-  copy_columns(xbc, 0, x2);
-  copy_columns(xbc, d_inner_, b2);
-  copy_columns(xbc, d_inner_ + groups_ * state_, c2);
-
-  Tensor dtv = make({b, heads_}), A = make({heads_});
-  mamba_dt_forward(dt_raw, dt_bias_, dt_lo_, dt_hi_, dtv);
-  mamba_a_forward(A_log_, A);
-  Tensor y = make({b, heads_, head_dim_});
-  ssd_step(x, dtv, A, bm, cm, D_, cache.ssm_state, y);
-
-  Tensor g = make({b, d_inner_}), rstd = Tensor::empty({b, groups_}, stats_dtype(dt), dev);
+  Tensor rstd = Tensor::empty({b, groups_}, stats_dtype(dt), dev);
   gated_rmsnorm_forward(y.reshape({b, d_inner_}), z, norm_w_, groups_, eps_, g, rstd);
   out_proj_.forward(g, out);
 }

@@ -12,10 +12,9 @@ class MambaMixer : public Mixer {
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
   void release() override;
-  void prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
-               Tensor& out) override;
-  void decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>& lengths,
-              Tensor& out) override;
+  void prefill(const Tensor& u, const Batch& batch, LayerCache& cache,
+               const CacheSlots& slots, int64_t row, Tensor& out) override;
+  void decode(const Tensor& u, LayerCache& cache, const CacheSlots& slots, Tensor& out) override;
 
  private:
   // forward, also writing the SSM state after the last token when final_state is defined.

@@ -15,23 +15,15 @@ void Linear::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
 }
 
 // Layers without decoding state (MLP, MoE) run their forward on the tokens at hand.
-void Mixer::prefill(const Tensor& u, const Batch& batch, LayerCache&, int64_t, Tensor& out) {
+void Mixer::prefill(const Tensor& u, const Batch& batch, LayerCache&, const CacheSlots&, int64_t,
+                    Tensor& out) {
   forward(u, batch, out);
   release();
 }
 
-void Mixer::decode(const Tensor& u, LayerCache&, const std::vector<int64_t>& lengths,
-                   Tensor& out) {
-  forward(u, Batch{int64_t(lengths.size()), 1, Tensor()}, out);
+void Mixer::decode(const Tensor& u, LayerCache&, const CacheSlots&, Tensor& out) {
+  forward(u, Batch{u.size(0), 1, Tensor()}, out);
   release();
-}
-
-int64_t InferenceState::bytes() const {
-  int64_t n = 0;
-  for (const auto& l : layers)
-    for (const Tensor* t : {&l.conv_state, &l.ssm_state, &l.k, &l.v})
-      if (t->defined()) n += int64_t(t->nbytes());
-  return n;
 }
 
 std::unique_ptr<Mixer> make_mixer(LayerKind kind, const ModelConfig& config, const LayerParams& p) {

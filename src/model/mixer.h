@@ -39,13 +39,16 @@ class Mixer {
   virtual void release() = 0;
 
   // Inference. prefill: forward over one sequence's prompt (batch.batch == 1) that also leaves
-  // the layer's decoding state in row `row` of `cache`; nothing is kept for a backward.
-  virtual void prefill(const Tensor& u, const Batch& batch, LayerCache& cache, int64_t row,
-                       Tensor& out);
-  // decode: one new token per sequence, u [B, D] -> out [B, D], reading and updating `cache`;
-  // `lengths` counts each sequence's positions including this token.
-  virtual void decode(const Tensor& u, LayerCache& cache, const std::vector<int64_t>& lengths,
-                      Tensor& out);
+  // the layer's decoding state in row `row` of `cache` (`slots` places the prompt's tokens);
+  // nothing is kept for a backward.
+  virtual void prefill(const Tensor& u, const Batch& batch, LayerCache& cache,
+                       const CacheSlots& slots, int64_t row, Tensor& out);
+  // decode: one new token per batch entry, u [B, D] -> out [B, D], reading and updating the
+  // rows of `cache` that `slots` names.
+  virtual void decode(const Tensor& u, LayerCache& cache, const CacheSlots& slots, Tensor& out);
+  // Whether decode enqueues GPU work only (no host synchronisation), so that a whole decode
+  // step can be captured in a CUDA graph and replayed.
+  virtual bool decode_capturable() const { return true; }
 };
 
 // Looks up a layer's parameters and gradients by their name under `prefix`

@@ -167,83 +167,14 @@ LossSum Model::head_logits(const Tensor& normed, const Tensor& labels, Tensor& l
   return loss;
 }
 
+const Tensor& Model::norm_weight(size_t l) const {
+  return weights_.params.at(l < mixers_.size() ? "layers." + std::to_string(l) + ".norm.weight"
+                                               : "norm_f.weight");
+}
+
 void Model::norm(size_t l, const Tensor& h, Tensor& normed) const {
-  const std::string name =
-      l < mixers_.size() ? "layers." + std::to_string(l) + ".norm.weight" : "norm_f.weight";
   Tensor rstd = Tensor::empty({h.size(0)}, stats_dtype(h.dtype()), h.device());
-  rmsnorm_forward(h, weights_.params.at(name), config_.layer_norm_epsilon, normed, rstd);
-}
-
-InferenceState Model::new_inference_state(int64_t batch, int64_t capacity) const {
-  const ModelConfig& c = config_;
-  const DType dt = dtype();
-  const Device dev = device();
-  InferenceState s;
-  s.capacity = capacity;
-  s.lengths.assign(size_t(batch), 0);
-  for (LayerKind kind : c.layers) {
-    LayerCache lc;
-    if (kind == LayerKind::Mamba) {
-      lc.conv_state = Tensor::zeros({batch, c.conv_dim(), c.conv_kernel - 1}, dt, dev);
-      lc.ssm_state = Tensor::zeros({batch, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size},
-                                   dt == DType::F64 ? DType::F64 : DType::F32, dev);
-    } else if (kind == LayerKind::Attention) {
-      lc.k = Tensor::zeros({batch, capacity, c.num_key_value_heads, c.head_dim}, dt, dev);
-      lc.v = Tensor::zeros({batch, capacity, c.num_key_value_heads, c.head_dim}, dt, dev);
-    }
-    s.layers.push_back(std::move(lc));
-  }
-  return s;
-}
-
-void Model::prefill(const Tensor& ids, InferenceState& state, int64_t row, Tensor& last_logits) {
-  const int64_t s = ids.numel(), d = config_.hidden_size;
-  if (row < 0 || row >= state.batch() || state.lengths[size_t(row)] != 0)
-    throw Error("prefill", "row", "an empty row of the inference state", std::to_string(row));
-  if (s < 1 || s > state.capacity)
-    throw Error("prompt", "length", "1 to " + std::to_string(state.capacity) + " tokens",
-                std::to_string(s));
-  const Device dev = device();
-  const Batch batch{1, s, Tensor()};
-  Tensor h = Tensor::empty({s, d}, dtype(), dev), normed = Tensor::empty({s, d}, dtype(), dev);
-  embedding_forward(ids.reshape({1, s}).to(dev), weights_.params.at("embeddings.weight"), h);
-  for (size_t l = 0; l < mixers_.size(); ++l) {
-    norm(l, h, normed);
-    Tensor out = Tensor::empty({s, d}, dtype(), dev);
-    mixers_[l]->prefill(normed, batch, state.layers[l], row, out);
-    add_inplace(h, out);
-  }
-  Tensor last = h.slice0(s - 1, s), last_normed = Tensor::empty({1, d}, dtype(), dev);
-  norm(mixers_.size(), last, last_normed);
-  Tensor logits = last_logits.reshape({1, config_.vocab_size});
-  head_logits(last_normed, Tensor(), logits);
-  state.lengths[size_t(row)] = s;
-}
-
-void Model::decode(const Tensor& ids, InferenceState& state, Tensor& logits) {
-  const int64_t b = state.batch(), d = config_.hidden_size;
-  if (ids.numel() != b)
-    throw Error("decode", "ids", std::to_string(b) + " tokens (one per sequence)",
-                std::to_string(ids.numel()));
-  for (int64_t r = 0; r < b; ++r)
-    if (state.lengths[size_t(r)] >= state.capacity)
-      throw Error("generation", "length", "at most " + std::to_string(state.capacity) +
-                                              " positions (prompt + new tokens)",
-                  "sequence " + std::to_string(r) + " is full");
-  std::vector<int64_t> lengths = state.lengths;
-  for (auto& n : lengths) ++n;
-  const Device dev = device();
-  Tensor h = Tensor::empty({b, d}, dtype(), dev), normed = Tensor::empty({b, d}, dtype(), dev);
-  embedding_forward(ids.reshape({b}).to(dev), weights_.params.at("embeddings.weight"), h);
-  for (size_t l = 0; l < mixers_.size(); ++l) {
-    norm(l, h, normed);
-    Tensor out = Tensor::empty({b, d}, dtype(), dev);
-    mixers_[l]->decode(normed, state.layers[l], lengths, out);
-    add_inplace(h, out);
-  }
-  norm(mixers_.size(), h, normed);
-  head_logits(normed, Tensor(), logits);
-  state.lengths = lengths;
+  rmsnorm_forward(h, norm_weight(l), config_.layer_norm_epsilon, normed, rstd);
 }
 
 void Model::backward(double grad_scale) {

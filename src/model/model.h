@@ -45,14 +45,24 @@ class Model {
   // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
   void backward(double grad_scale);
 
-  // Inference (decoding with state, SPEC §2-3). A state for `batch` sequences of up to
-  // `capacity` positions each, zeroed, on the model's device.
-  InferenceState new_inference_state(int64_t batch, int64_t capacity) const;
-  // Runs one sequence's prompt (ids I64, S tokens, any shape and device) into row `row` of the
-  // state (which must be empty) and writes the logits of its last position to `last_logits`
-  // ([V] or [1, V], any device and float dtype). Keeps nothing for a backward.
+  // Inference (decoding with state, SPEC §2-3). A zeroed state on the model's device for `rows`
+  // sequences of up to `capacity` positions each, whose attention layers share a pool of KV
+  // pages of `page_size` positions holding `kv_positions` in all (0: enough pages for every row
+  // to reach capacity).
+  InferenceState new_inference_state(int64_t rows, int64_t capacity, int64_t kv_positions = 0,
+                                     int64_t page_size = kDefaultPageSize) const;
+  // Runs one sequence's prompt (ids I64, S tokens, any shape and device) into empty row `row`
+  // of the state and writes the logits of its last position to `last_logits` ([V] or [1, V],
+  // any device and float dtype). A row with no reserved pages first reserves `capacity`
+  // positions (InferenceState::reserve). Keeps nothing for a backward.
   void prefill(const Tensor& ids, InferenceState& state, int64_t row, Tensor& last_logits);
-  // One new token per sequence (ids I64 [B], B = state.batch()) -> logits [B, V].
+  // One new token (ids I64 [B], on the host) for each of the B distinct, prefilled state rows
+  // `rows` -> logits [B, V] (any device and float dtype). On the GPU the step is captured as a
+  // CUDA graph per padded batch size the first time and replayed after (when
+  // state.use_graphs and every layer allows it).
+  void decode(const Tensor& ids, const std::vector<int64_t>& rows, InferenceState& state,
+              Tensor& logits);
+  // decode for every row of the state, in order.
   void decode(const Tensor& ids, InferenceState& state, Tensor& logits);
 
   // Layers of these kinds keep only their input during forward and run forward again just
@@ -70,8 +80,16 @@ class Model {
   const Tensor& head_weight() const;
   // Logits of the rows of `normed` (the final norm's output) into `logits`, converting.
   LossSum head_logits(const Tensor& normed, const Tensor& labels, Tensor& logits) const;
+  // Layer l's pre-norm weight (the final norm's when l = layers).
+  const Tensor& norm_weight(size_t l) const;
   // h [T, D] -> normed [T, D] by layer l's pre-norm (or the final norm when l = layers).
   void norm(size_t l, const Tensor& h, Tensor& normed) const;
+  // The GPU work of one decode step: ids I64 [B] on the device, the tokens placed by `slots`
+  // -> logits [B, V] in the model's dtype on its device.
+  void decode_step(const Tensor& ids, InferenceState& state, const CacheSlots& slots,
+                   Tensor& logits);
+  // The state's captured step for `padded` batch entries, captured now if it is not yet.
+  DecodeGraph& decode_graph(InferenceState& state, int64_t padded);
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -17,6 +17,8 @@ class MoeMixer : public Mixer {
   void forward(const Tensor& u, const Batch& batch, Tensor& out) override;
   void backward(const Tensor& dout, Tensor& du) override;
   void release() override;
+  // Routing reads the experts' token counts back to the host.
+  bool decode_capturable() const override { return false; }
   // Routed (token, slot) pairs per expert in the last forward, I64 [E].
   const Tensor& expert_load() const { return load_; }
 

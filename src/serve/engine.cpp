@@ -12,9 +12,14 @@ Engine::Engine(Model& model, const Tokenizer* tokenizer, EngineOptions options)
     throw Error("serve", "max_context", "at least 2", std::to_string(options.max_context));
   if (options.max_queue < 1)
     throw Error("serve", "max_queue", "at least 1", std::to_string(options.max_queue));
-  state_ = model_.new_inference_state(options.max_batch, options.max_context);
+  if (options.kv_positions < 0)
+    throw Error("serve", "kv_positions", "at least 0", std::to_string(options.kv_positions));
+  state_ = model_.new_inference_state(options.max_batch, options.max_context, options.kv_positions);
   logits_ = Tensor::empty({options.max_batch, model_.config().vocab_size}, DType::F32);
-  next_ = Tensor::zeros({options.max_batch}, DType::I64);
+  next_.assign(size_t(options.max_batch), 0);
+  kv_pool_positions_ = state_.page_size > 0
+                           ? int64_t(state_.free_pages.size()) * state_.page_size
+                           : options.max_context;
   rows_.resize(size_t(options.max_batch));
   thread_ = std::thread([this] { run(); });
 }
@@ -38,9 +43,9 @@ std::shared_ptr<Channel> Engine::submit(EngineRequest request) {
                   std::to_string(id));
   if (request.max_tokens < 1)
     throw Error("request", "max_tokens", "at least 1", std::to_string(request.max_tokens));
-  if (n + request.max_tokens > options_.max_context)
-    throw Error("request", "prompt + max_tokens",
-                "at most " + std::to_string(options_.max_context) + " tokens",
+  const int64_t room = std::min(options_.max_context, kv_pool_positions_);
+  if (n + request.max_tokens > room)
+    throw Error("request", "prompt + max_tokens", "at most " + std::to_string(room) + " tokens",
                 std::to_string(n) + " + " + std::to_string(request.max_tokens));
   request.sampling.validate("request");
   if (!request.stop_strings.empty() && !tokenizer_)
@@ -100,22 +105,35 @@ bool Engine::admit(std::vector<Waiting>& admitted) {
     return false;
   }
   if (draining_ && active_ == 0 && queue_.empty()) return false;
+  // Pages the admitted requests will take; in order, so a long request is not starved.
+  int64_t pages = int64_t(state_.free_pages.size());
   for (int64_t free = options_.max_batch - active_; free > 0 && !queue_.empty(); --free) {
+    const int64_t need = pages_for(queue_.front().request);
+    if (need > pages) break;
+    pages -= need;
     admitted.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
   return true;
 }
 
+int64_t Engine::pages_for(const EngineRequest& request) const {
+  if (state_.page_size == 0) return 0;
+  const int64_t positions = int64_t(request.prompt.size()) + request.max_tokens;
+  return (positions + state_.page_size - 1) / state_.page_size;
+}
+
 void Engine::start(Waiting w) {
-  const auto free = std::find(state_.lengths.begin(), state_.lengths.end(), 0);
-  NH_CHECK(free != state_.lengths.end(), "a request admitted without a free row");
-  const size_t r = size_t(free - state_.lengths.begin());
+  const auto free = std::find_if(rows_.begin(), rows_.end(), [](const auto& r) { return !r; });
+  NH_CHECK(free != rows_.end(), "a request admitted without a free row");
+  const size_t r = size_t(free - rows_.begin());
   if (w.channel->cancelled()) {
     w.channel->finish("cancelled");
     return;
   }
   try {
+    const int64_t positions = int64_t(w.request.prompt.size()) + w.request.max_tokens;
+    NH_CHECK(state_.reserve(int64_t(r), positions), "a request admitted without free KV pages");
     Sampler sampler(w.request.sampling, model_.config().vocab_size);
     TextStream text(tokenizer_, w.request.stop_strings);
     const auto& p = w.request.prompt;
@@ -125,7 +143,7 @@ void Engine::start(Waiting w) {
     rows_[r].emplace(Row{std::move(w.request), w.channel, std::move(sampler), std::move(text), {}});
     ++active_;
   } catch (const std::exception& e) {
-    state_.lengths[r] = 0;
+    state_.release(int64_t(r));
     w.channel->fail(e.what());
   }
 }
@@ -142,7 +160,7 @@ void Engine::sample_all() {
     try {
       const Sampler::Choice c = row.sampler.sample(logits_.data<float>() + int64_t(r) * vocab,
                                                    row.request.prompt, row.tokens);
-      next_.data<int64_t>()[r] = c.token;
+      next_[r] = c.token;
       const auto& stop_ids = row.request.stop_ids;
       if (std::find(stop_ids.begin(), stop_ids.end(), c.token) != stop_ids.end()) {
         end_row(r, "stop", row.text.flush(row.tokens));
@@ -159,25 +177,29 @@ void Engine::sample_all() {
 }
 
 void Engine::decode_all() {
+  std::vector<int64_t> live, ids;
   for (size_t r = 0; r < rows_.size(); ++r)
-    if (!rows_[r]) next_.data<int64_t>()[r] = 0;
+    if (rows_[r]) {
+      live.push_back(int64_t(r));
+      ids.push_back(next_[r]);
+    }
+  if (live.empty()) return;
+  const int64_t k = int64_t(live.size());
   try {
-    model_.decode(next_, state_, logits_);
+    Tensor step_logits = Tensor::empty({k, model_.config().vocab_size}, DType::F32);
+    model_.decode(Tensor::from(ids, {k}), live, state_, step_logits);
+    for (int64_t i = 0; i < k; ++i)
+      logits_.slice0(live[size_t(i)], live[size_t(i)] + 1).copy_from(step_logits.slice0(i, i + 1));
   } catch (const std::exception& e) {
-    for (size_t r = 0; r < rows_.size(); ++r)
-      if (rows_[r]) end_row(r, "", "", e.what());
-    std::fill(state_.lengths.begin(), state_.lengths.end(), 0);
-    return;
+    for (int64_t r : live) end_row(size_t(r), "", "", e.what());
   }
-  for (size_t r = 0; r < rows_.size(); ++r)
-    if (!rows_[r]) state_.lengths[r] = 0;
 }
 
 void Engine::end_row(size_t r, const std::string& reason, const std::string& text,
                      const std::string& error) {
   const std::shared_ptr<Channel> channel = rows_[r]->channel;
   rows_[r].reset();
-  state_.lengths[r] = 0;
+  state_.release(int64_t(r));
   --active_;
   if (error.empty())
     channel->finish(reason, text);

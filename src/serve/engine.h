@@ -1,9 +1,10 @@
-// The serving engine: one thread owns the model and an inference state of max_batch rows ×
-// max_context positions and batches continuously. At each step boundary it admits queued
-// requests into free rows (a prefill each), then samples every active row from its logits,
-// hands the token and any released text to the request's channel, frees the rows that ended,
-// and decodes one token for all rows together. Idle rows decode a dummy token and have their
-// length reset right after, so they never fill up; a prefill overwrites all of a row's state.
+// The serving engine: one thread owns the model and an inference state of max_batch rows of up
+// to max_context positions, whose attention layers share a pool of KV pages, and batches
+// continuously. At each step boundary it admits queued requests, in order, into free rows while
+// the pool has the pages a request may use (prompt + max_tokens; reserved whole, so a running
+// request never runs out), prefilling each; then it samples every active row from its logits,
+// hands the token and any released text to the request's channel, frees the rows (and their
+// pages) that ended, and decodes one token for the active rows together.
 #pragma once
 
 #include <atomic>
@@ -38,6 +39,7 @@ struct EngineOptions {
   int64_t max_batch = 8;
   int64_t max_context = 4096;  // positions per row: prompt + max_tokens must fit
   int64_t max_queue = 64;      // requests waiting for a row
+  int64_t kv_positions = 0;    // KV pool size in positions over all rows (0: max_batch × max_context)
 };
 
 // submit() refusals the HTTP layer answers with 429 and 503.
@@ -82,10 +84,12 @@ class Engine {
   };
 
   void run();
-  // Takes queued requests into free rows (at most as many as are free); drops cancelled ones.
-  // Returns false when the thread should end.
+  // Takes queued requests, in order, into free rows while the KV pool can hold them; drops
+  // cancelled ones. Returns false when the thread should end.
   bool admit(std::vector<Waiting>& admitted);
   void start(Waiting w);
+  // The KV pages a request reserves.
+  int64_t pages_for(const EngineRequest& request) const;
   void sample_all();
   void decode_all();
   // Frees row r, then tells its request how it ended (reason and the last text, or an error),
@@ -97,8 +101,9 @@ class Engine {
   const Tokenizer* tokenizer_;
   const EngineOptions options_;
   InferenceState state_;
-  Tensor logits_;  // F32 [max_batch, vocab] on the host
-  Tensor next_;    // I64 [max_batch]: the tokens the next decode feeds
+  int64_t kv_pool_positions_ = 0;  // positions the KV pool holds in all (set once)
+  Tensor logits_;                // F32 [max_batch, vocab] on the host, by row
+  std::vector<int64_t> next_;    // per row: the token the next decode feeds
   std::vector<std::optional<Row>> rows_;
 
   mutable std::mutex mutex_;

@@ -1,14 +1,11 @@
 // GPU decoding steps against the CPU ops: conv1d_step and ssd_step over a few tokens from the
-// same state, and attention_decode over caches of up to 1000 positions with a different length
-// in each row, in F32 and BF16 storage (the SSM state is F32 on the GPU either way).
+// same state, in F32 and BF16 storage (the SSM state is F32 on the GPU either way).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
-#include <vector>
 
 #include "cuda/harness.h"
-#include "ops/attention_decode.h"
 #include "ops/mamba_step.h"
 
 namespace nh {
@@ -129,54 +126,6 @@ TEST(CudaSsdStep, MatchesCpuForOddAndModelSizedShapes) {
     for (const SsdCase& c : cases) expect_ssd_matches_cpu(c, dtype, seed += 100);
 }
 
-// ---- attention_decode -------------------------------------------------------------------
-
-struct DecodeCase {
-  int64_t cache_len, q_heads, kv_heads, head_dim;
-  std::vector<int64_t> lengths;  // one per batch row
-};
-
-void expect_decode_matches_cpu(const DecodeCase& c, DType dtype, uint64_t seed) {
-  const int64_t batch = int64_t(c.lengths.size());
-  const std::string tag = std::string(dtype_name(dtype)) + " B" + std::to_string(batch) + " L" +
-                          std::to_string(c.cache_len) + " H" + std::to_string(c.q_heads) + "/" +
-                          std::to_string(c.kv_heads) + " dh" + std::to_string(c.head_dim) + " ";
-  const Shape q_shape = {batch, c.q_heads, c.head_dim};
-  const Shape kv_shape = {batch, c.cache_len, c.kv_heads, c.head_dim};
-  const Tensor q = random_input(q_shape, seed), k = random_input(kv_shape, seed + 1),
-               v = random_input(kv_shape, seed + 2);
-  const Tensor lengths = Tensor::from(c.lengths, {batch});
-  const double scale = 1.0 / std::sqrt(double(c.head_dim));
-  Tensor out = Tensor::empty(q_shape, DType::F32), gout = gpu_empty(q_shape, dtype);
-  cpu::attention_decode(q, k, v, lengths, scale, out);
-  cuda::attention_decode(to_gpu(q, dtype), to_gpu(k, dtype), to_gpu(v, dtype), lengths, scale,
-                         gout);
-  expect_close(tag + "out", gout, out, test::tolerance(dtype));
-}
-
-TEST(CudaAttentionDecode, MatchesCpuForGqaOddHeadDimsAndDifferentLengths) {
-  const DecodeCase cases[] = {
-      {1, 1, 1, 1, {1}},
-      {17, 4, 2, 5, {17, 1, 9}},
-      {64, 8, 2, 64, {64, 33}},
-      {50, 2, 1, 33, {50, 8}},
-      {100, 4, 4, 80, {7, 100}},
-      {300, 4, 1, 256, {300, 150}},
-      {1000, 6, 3, 128, {1000, 1, 333, 999}},
-  };
-  uint64_t seed = 2000;
-  for (DType dtype : {DType::F32, DType::BF16})
-    for (const DecodeCase& c : cases) expect_decode_matches_cpu(c, dtype, seed += 10);
-}
-
-// More rows than one launch carries lengths for (256), each row its own length.
-TEST(CudaAttentionDecode, MatchesCpuForManyRows) {
-  std::vector<int64_t> lengths(300);
-  for (size_t b = 0; b < lengths.size(); ++b) lengths[b] = 1 + int64_t(b * 7 % 20);
-  for (DType dtype : {DType::F32, DType::BF16})
-    expect_decode_matches_cpu({20, 2, 1, 16, lengths}, dtype, 3000);
-}
-
 // ---- errors -----------------------------------------------------------------------------
 
 TEST(CudaDecodeSteps, RejectBadShapesDtypesAndDevices) {
@@ -196,18 +145,6 @@ TEST(CudaDecodeSteps, RejectBadShapesDtypesAndDevices) {
   EXPECT_THROW(cuda::ssd_step(xs, dt, A, Bm, Bm, Tensor(), state_bf16, ys), Error);
   const Tensor Bm3 = to_gpu(random_cpu({2, 3, 5}, 7));  // G = 3 does not divide H = 4
   EXPECT_THROW(cuda::ssd_step(xs, dt, A, Bm3, Bm3, Tensor(), state, ys), Error);
-
-  const Tensor q = to_gpu(random_cpu({2, 4, 8}, 8)), kv = to_gpu(random_cpu({2, 6, 2, 8}, 9));
-  const Tensor lengths = Tensor::from(std::vector<int64_t>{6, 2}, {2});
-  Tensor out = gpu_empty({2, 4, 8}, DType::F32);
-  EXPECT_NO_THROW(cuda::attention_decode(q, kv, kv, lengths, 0.5, out));
-  EXPECT_THROW(cuda::attention_decode(q, kv, kv, to_gpu(lengths), 0.5, out), Error);
-  EXPECT_THROW(
-      cuda::attention_decode(q, kv, kv, Tensor::from(std::vector<int64_t>{7, 2}, {2}), 0.5, out),
-      Error);
-  const Tensor kv3 = to_gpu(random_cpu({2, 6, 3, 8}, 10));  // Hq = 4 is not a multiple of 3
-  EXPECT_THROW(cuda::attention_decode(q, kv3, kv3, lengths, 0.5, out), Error);
-  EXPECT_THROW(cuda::attention_decode(q, kv.to(Device::CPU), kv, lengths, 0.5, out), Error);
 }
 
 }  // namespace

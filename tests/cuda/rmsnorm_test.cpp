@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cuda/harness.h"
+#include "ops/elementwise.h"
 
 namespace nh {
 namespace {
@@ -94,6 +95,34 @@ TEST(CudaRmsnorm, WeightGradientIsBitwiseReproducible) {
   cuda::rmsnorm_backward(x, w, rstd, dy, dx, dw2);
   const Tensor a = to_cpu(dw1), b = to_cpu(dw2);
   EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0);
+}
+
+// The fused residual add + norm equals the add then the norm on the same device bit for bit
+// (the same roundings in the same order), and the CPU's within the dtype's tolerance.
+TEST(CudaRmsnorm, AddThenNormInOnePassEqualsTheTwoOps) {
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (const Shape& shape : {Shape{1, 4096}, Shape{5, 333}, Shape{64, 1024}}) {
+      const int64_t dim = shape.back(), rows = shape_numel(shape) / dim;
+      const Tensor x = random_input(shape, 7), delta = random_input(shape, 8),
+                   w = random_input({dim}, 9, 0.5, 1.0);
+      Tensor sum = x.clone(), y = Tensor::empty(shape, DType::F32),
+             rstd = Tensor::empty({rows}, DType::F32);
+      cpu::add_rmsnorm_forward(sum, delta, w, 1e-5, y, rstd);
+
+      Tensor fused_x = to_gpu(x, dtype), two_x = to_gpu(x, dtype);
+      const Tensor gd = to_gpu(delta, dtype), gw = to_gpu(w, dtype);
+      Tensor fused_y = gpu_empty(shape, dtype), two_y = gpu_empty(shape, dtype),
+             fused_r = gpu_empty({rows}, DType::F32), two_r = gpu_empty({rows}, DType::F32);
+      cuda::add_rmsnorm_forward(fused_x, gd, gw, 1e-5, fused_y, fused_r);
+      cuda::add_inplace(two_x, gd);
+      cuda::rmsnorm_forward(two_x, gw, 1e-5, two_y, two_r);
+      const std::string tag = std::string(dtype_name(dtype)) + " " + shape_str(shape) + " ";
+      expect_close(tag + "x", fused_x, to_cpu(two_x), 0.0);
+      expect_close(tag + "y", fused_y, to_cpu(two_y), 0.0);
+      expect_close(tag + "x vs cpu", fused_x, sum, test::tolerance(dtype));
+      expect_close(tag + "y vs cpu", fused_y, y, test::tolerance(dtype));
+      expect_close(tag + "rstd vs cpu", fused_r, rstd, test::tolerance(dtype));
+    }
 }
 
 TEST(CudaRmsnorm, RejectsBadShapesDtypesAndCpuTensors) {

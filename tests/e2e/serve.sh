@@ -177,9 +177,12 @@ wait "$pid"
 rc=$?
 [ $rc = 0 ] && ok || fail "exit code after SIGTERM: $rc ($(tail -3 "$tmp/main.err"))"
 
-# A full queue: one row busy, one request waiting, the next refused with 429.
-start queue --max-batch 1 --max-queue 1 --max-context 16384 --max-tokens-limit 16000
-curl -sN --max-time 120 -d '{"prompt": "busy", "max_tokens": 16000, "ignore_eos": true, "stream": true}' \
+# A full queue: one row busy, one request waiting, the next refused with 429; a request larger
+# than the whole KV cache is refused with 400.
+start queue --max-batch 1 --max-queue 1 --max-context 16384 --max-tokens-limit 16000 \
+  --kv-cache-tokens 8000
+expect_error "larger than the KV cache" 400 "$(post /v1/completions '{"prompt": "x", "max_tokens": 9000}')"
+curl -sN --max-time 120 -d '{"prompt": "busy", "max_tokens": 7900, "ignore_eos": true, "stream": true}' \
   "$url/v1/completions" > "$tmp/busy.txt" &
 busy=$!
 for _ in $(seq 100); do [ -s "$tmp/busy.txt" ] && break; sleep 0.05; done

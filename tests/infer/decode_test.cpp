@@ -106,6 +106,57 @@ TEST_P(DecodeWithState, ABatchOfDifferentLengthsEqualsEachAlone) {
   }
 }
 
+// Continuous batching on small KV pages (3 positions): rows decode in any order and subset, a
+// finished row gives its pages back and a new prompt takes them, and every row still equals
+// the full forward over its own tokens.
+TEST_P(DecodeWithState, RowsJoinAndLeaveOnSharedPagesInAnyOrder) {
+  Model m = Model::load(GetParam());
+  const int64_t v = m.config().vocab_size, page = 3;
+  const std::vector<int32_t> ids = reference_ids(GetParam());
+  // Room for the two longest rows at once: the third must wait for the pages of one.
+  InferenceState state = m.new_inference_state(3, 12, 2 * 12, page);
+  std::vector<std::vector<int32_t>> seqs(3);
+  std::vector<std::vector<float>> logits(3, std::vector<float>(size_t(v)));
+  auto start = [&](int64_t r, std::vector<int32_t> prompt, int64_t positions) {
+    ASSERT_TRUE(state.reserve(r, positions));
+    Tensor l = Tensor::empty({v}, DType::F32);
+    m.prefill(Tensor::from(std::vector<int64_t>(prompt.begin(), prompt.end()),
+                           {int64_t(prompt.size())}),
+              state, r, l);
+    std::copy_n(l.data<float>(), v, logits[size_t(r)].begin());
+    seqs[size_t(r)] = std::move(prompt);
+  };
+  auto step = [&](const std::vector<int64_t>& rows) {
+    Tensor next = Tensor::empty({int64_t(rows.size())}, DType::I64);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      auto& seq = seqs[size_t(rows[i])];
+      const float* l = logits[size_t(rows[i])].data();
+      EXPECT_LT(rel_diff(l, full_forward_last(m, seq)), kTol) << "row " << rows[i];
+      next.data<int64_t>()[i] = argmax(l, v);
+      seq.push_back(int32_t(next.data<int64_t>()[i]));
+    }
+    Tensor out = Tensor::empty({int64_t(rows.size()), v}, DType::F32);
+    m.decode(next, rows, state, out);
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::copy_n(out.data<float>() + int64_t(i) * v, v, logits[size_t(rows[i])].begin());
+  };
+  start(2, {ids.begin() + 1, ids.begin() + 8}, 12);
+  start(0, {ids.begin(), ids.begin() + 2}, 12);
+  if (state.page_size > 0) {
+    EXPECT_FALSE(state.reserve(1, 4)) << "rows 0 and 2 hold the pool";
+  }
+  step({2, 0});
+  step({0, 2});
+  state.release(2);
+  start(1, {ids.begin() + 3, ids.begin() + 10}, 12);
+  step({1, 0});
+  step({0});
+  step({1, 0});
+  EXPECT_LT(rel_diff(logits[0].data(), full_forward_last(m, seqs[0])), kTol);
+  EXPECT_LT(rel_diff(logits[1].data(), full_forward_last(m, seqs[1])), kTol);
+  EXPECT_EQ(state.lengths[2], 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(ReferenceCases, DecodeWithState, ::testing::ValuesIn(reference_cases()),
                          [](const auto& info) { return fs::path(info.param).filename().string(); });
 

@@ -31,6 +31,30 @@ TEST(RmsNorm, ForwardMatchesDoubleLoop) {
   }
 }
 
+// The residual add then the norm: x becomes x + delta and y the norm of that, against a loop.
+TEST(RmsNorm, AddThenNormUpdatesXAndNormalisesTheSum) {
+  const int64_t rows = 5, dim = 11;
+  const Tensor x0 = random_tensor({rows, dim}, 21, 2.0), delta = random_tensor({rows, dim}, 22);
+  const Tensor w = random_tensor({dim}, 23, 0.5, DType::F64, 1.0);
+  Tensor x = x0.clone(), y = Tensor::empty({rows, dim}, DType::F64),
+         rstd = Tensor::empty({rows}, DType::F64);
+  add_rmsnorm_forward(x, delta, w, kEps, y, rstd);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int64_t d = 0; d < dim; ++d) {
+      const int64_t i = r * dim + d;
+      const double v = x0.data<double>()[i] + delta.data<double>()[i];
+      EXPECT_EQ(x.data<double>()[i], v);
+      ss += v * v;
+    }
+    const double rs = 1 / std::sqrt(ss / dim + kEps);
+    for (int64_t d = 0; d < dim; ++d)
+      EXPECT_NEAR(y.data<double>()[r * dim + d], w.data<double>()[d] * x.data<double>()[r * dim + d] * rs,
+                  1e-12);
+  }
+  EXPECT_THROW(add_rmsnorm_forward(x, random_tensor({rows, dim + 1}, 24), w, kEps, y, rstd), Error);
+}
+
 // SPEC §1: in fp32 the normalised x·rstd is rounded to fp32 before the multiply by w, so the
 // result is exactly w ⊙ fl(x·rstd) with rstd as returned.
 TEST(RmsNorm, FloatForwardRoundsBeforeTheWeightAndMatchesDouble) {

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <thread>
 
 #include "infer/generate.h"
@@ -122,6 +124,31 @@ TEST(ServeEngine, RequestsItCannotRunAreErrors) {
   text.stop_strings = {"x"};  // needs a tokenizer
   EXPECT_THROW(engine.submit(text), Error);
   EXPECT_EQ(engine.submit(request({1, 2}, 14))->take_all().tokens.size(), 14u);  // just fits
+}
+
+TEST(ServeEngine, RequestsWaitForKvPagesAndRunAsTheyWouldAlone) {
+  Model model = Model::load(kModel);
+  std::vector<EngineRequest> requests = {request({1, 5, 9}, 20), request({40, 41}, 30),
+                                         request({3, 3, 3}, 25), request({8}, 12, 0.7, 3)};
+  std::vector<GenerationResult> want;
+  for (const auto& r : requests) want.push_back(alone(model, r));
+  // 3 rows but a pool of 128 positions (2 pages of 64): each request reserves one page, so at
+  // most two run at once, and one that could never fit the pool is refused.
+  Engine engine(model, nullptr, {3, 200, 16, 128});
+  EXPECT_THROW(engine.submit(request({1, 2}, 140)), Error);
+  std::vector<std::shared_ptr<Channel>> channels;
+  for (const auto& r : requests) channels.push_back(engine.submit(r));
+  std::atomic<bool> done = false;
+  int64_t most_active = 0;
+  std::thread probe([&] {
+    while (!done) most_active = std::max(most_active, engine.active());
+  });
+  for (size_t i = 0; i < requests.size(); ++i)
+    EXPECT_EQ(channels[i]->take_all().tokens, want[i].tokens) << "request " << i;
+  done = true;
+  probe.join();
+  EXPECT_LE(most_active, 2);
+  EXPECT_EQ(engine.active(), 0);
 }
 
 TEST(ServeEngine, DrainFinishesWhatWasAcceptedAndRefusesTheRest) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 #include "ops/cpu/parallel.h"
+#include "ops/elementwise.h"
 
 namespace nh::cpu {
 
@@ -55,6 +56,13 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
       for (int64_t d = 0; d < dim; ++d) yr[d] = wp[d] * T(xr[d] * rs);
     }
   });
+}
+
+void add_rmsnorm_forward(Tensor& x, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                         Tensor& rstd) {
+  check(delta, x.shape(), x.dtype(), "delta");
+  cpu::add_inplace(x, delta);
+  cpu::rmsnorm_forward(x, w, eps, y, rstd);
 }
 
 // x, dy [R, D], w [D], rstd [R] -> dx [R, D] (overwritten), dw [D] (accumulated).

@@ -30,16 +30,19 @@ __global__ void find_bad_id_kernel(const int64_t* ids, int64_t n, int64_t vocab,
     if (ids[t] < 0 || ids[t] >= vocab) atomicMin(first_bad, (unsigned long long)t);
 }
 
-// out[t, :] = weight[ids[t], :]: blockIdx.y strides over tokens, x threads over the columns.
+// out[t, :] = weight[ids[t], :] (zeros for an id outside [0, vocab)): blockIdx.y strides over
+// tokens, x threads over the columns.
 template <class T>
 __global__ void gather_rows_kernel(const int64_t* ids, const T* weight, T* out, int64_t n,
-                                   int64_t dim) {
+                                   int64_t vocab, int64_t dim) {
   for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
-    const T* src = weight + ids[t] * dim;
+    const int64_t id = ids[t];
+    const bool valid = id >= 0 && id < vocab;
+    const T* src = weight + (valid ? id : 0) * dim;
     T* dst = out + t * dim;
     for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < dim;
          d += int64_t(gridDim.x) * blockDim.x)
-      dst[d] = src[d];
+      dst[d] = valid ? src[d] : from_f32<T>(0.f);
   }
 }
 
@@ -91,11 +94,15 @@ void check_weight(const Tensor& weight, const std::string& what) {
     throw Error("embedding", what + " shape", "[V, D]", shape_str(weight.shape()));
 }
 
-// Throws the CPU backend's Error for the first id outside [0, vocab); one small read-back.
-void check_ids(const Tensor& ids, int64_t vocab) {
+void check_ids_tensor(const Tensor& ids) {
   require_cuda(ids, "embedding", "ids");
   if (ids.dtype() != DType::I64)
     throw Error("embedding", "ids dtype", "I64", dtype_name(ids.dtype()));
+}
+
+// Throws the CPU backend's Error for the first id outside [0, vocab); one small read-back.
+void check_ids(const Tensor& ids, int64_t vocab) {
+  check_ids_tensor(ids);
   const int64_t n = ids.numel();
   if (n == 0) return;
   Tensor flag = Tensor::empty({1}, DType::I64, Device::CUDA);
@@ -132,16 +139,19 @@ int key_bits(int64_t vocab) {
 }  // namespace
 
 // ids I64 [T] (any shape), weight [V, D] -> out [T, D] (any shape of T rows of D).
-void embedding_forward(const Tensor& ids, const Tensor& weight, Tensor& out) {
+void embedding_forward(const Tensor& ids, const Tensor& weight, Tensor& out, bool ids_checked) {
   check_weight(weight, "weight");
   const int64_t vocab = weight.size(0), dim = weight.size(1), n = ids.numel();
   check_rows(out, n, dim, weight.dtype(), "out");
-  check_ids(ids, vocab);
+  if (ids_checked)
+    check_ids_tensor(ids);
+  else
+    check_ids(ids, vocab);
   if (n == 0 || dim == 0) return;
   with_gpu_float_type(weight.dtype(), [&](auto zero) {
     using T = decltype(zero);
     gather_rows_kernel<T><<<row_grid(n, dim), kThreads, 0, stream()>>>(
-        ptr<int64_t>(ids), ptr<T>(weight), ptr<T>(out), n, dim);
+        ptr<int64_t>(ids), ptr<T>(weight), ptr<T>(out), n, vocab, dim);
     NH_CUDA_CHECK_LAUNCH();
   });
 }

@@ -13,15 +13,18 @@ namespace nh::cuda {
 
 namespace {
 
-// One block per row: rstd[row] = 1/sqrt(mean x² + eps), y = w · T(x · rstd).
+// One block per row: with delta, first x += delta (rounded to T and stored); then
+// rstd[row] = 1/sqrt(mean x² + eps), y = w · T(x · rstd). Each thread reads back only the
+// elements it wrote.
 template <class T, class R>
-__global__ void rmsnorm_forward_kernel(const T* x, const T* w, float eps, int64_t dim, T* y,
-                                       R* rstd) {
+__global__ void rmsnorm_forward_kernel(T* x, const T* delta, const T* w, float eps, int64_t dim,
+                                       T* y, R* rstd) {
   const int64_t row = blockIdx.x;
-  const T* xr = x + row * dim;
+  T* xr = x + row * dim;
   T* yr = y + row * dim;
   float ss = 0.f;
   for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    if (delta) xr[d] = from_f32<T>(to_f32(xr[d]) + to_f32(delta[row * dim + d]));
     const float v = to_f32(xr[d]);
     ss += v * v;
   }
@@ -97,18 +100,35 @@ int64_t check_rmsnorm(const Tensor& x, const Tensor& w, const Tensor& rstd) {
 
 }  // namespace
 
-void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+namespace {
+
+// rmsnorm_forward of x, after x += delta when delta is defined.
+void launch_forward(const Tensor& x, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                    Tensor& rstd) {
   const int64_t rows = check_rmsnorm(x, w, rstd);
   check(y, x.shape(), x.dtype(), "y");
+  if (delta.defined()) check(delta, x.shape(), x.dtype(), "delta");
   if (rows == 0) return;
   const int64_t dim = x.size(-1);
   with_norm_types(x, rstd, [&](auto t, auto r) {
     using T = decltype(t);
     using R = decltype(r);
     rmsnorm_forward_kernel<T, R><<<unsigned(rows), row_threads(dim), 0, stream()>>>(
-        ptr<T>(x), ptr<T>(w), float(eps), dim, ptr<T>(y), ptr<R>(rstd));
+        ptr<T>(x), delta.defined() ? ptr<T>(delta) : nullptr, ptr<T>(w), float(eps), dim,
+        ptr<T>(y), ptr<R>(rstd));
     NH_CUDA_CHECK_LAUNCH();
   });
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  launch_forward(x, Tensor(), w, eps, y, rstd);
+}
+
+void add_rmsnorm_forward(Tensor& x, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                         Tensor& rstd) {
+  launch_forward(x, delta, w, eps, y, rstd);
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
