@@ -40,9 +40,12 @@ TEST(CudaEmbedding, ForwardGathersTheCpuRows) {
       Tensor ids = random_ids(c.tokens, c.vocab, seed++);
       Tensor weight = random_cpu({c.vocab, c.dim}, seed++).to(dtype).to(DType::F32);
       Tensor out = Tensor::empty({c.tokens, c.dim}, DType::F32);
-      cpu::embedding_forward(ids, weight, out);
+      cpu::embedding_forward(ids, weight, out, false);
       Tensor gout = gpu_empty({c.tokens, c.dim}, dtype);
-      cuda::embedding_forward(to_gpu(ids), to_gpu(weight, dtype), gout);
+      cuda::embedding_forward(to_gpu(ids), to_gpu(weight, dtype), gout, false);
+      Tensor unchecked = gpu_empty({c.tokens, c.dim}, dtype);
+      cuda::embedding_forward(to_gpu(ids), to_gpu(weight, dtype), unchecked, true);
+      expect_close("embedding out, ids checked by the caller", unchecked, out, 0.0);
       // A copy of rows that are exact in dtype: bit for bit.
       expect_close("embedding out V " + std::to_string(c.vocab) + " D " + std::to_string(c.dim) +
                        " T " + std::to_string(c.tokens) + " " + dtype_name(dtype),
@@ -86,7 +89,7 @@ TEST(CudaEmbedding, OutOfRangeIdIsAnErrorAndWritesNothing) {
     Tensor out = to_gpu(before), dweight = to_gpu(random_cpu({10, 4}, 302));
     const Tensor dweight_before = to_cpu(dweight);
     try {
-      cuda::embedding_forward(to_gpu(ids), weight, out);
+      cuda::embedding_forward(to_gpu(ids), weight, out, false);
       ADD_FAILURE() << "no error for id " << bad;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("ids[2]"), std::string::npos) << e.what();
@@ -99,15 +102,26 @@ TEST(CudaEmbedding, OutOfRangeIdIsAnErrorAndWritesNothing) {
   }
 }
 
+// With the ids checked by the caller there is no read-back: an id outside [0, V) gives zeros.
+TEST(CudaEmbedding, UncheckedOutOfRangeIdsGiveZeroRows) {
+  const Tensor weight = random_cpu({10, 4}, 310);
+  Tensor out = to_gpu(random_cpu({3, 4}, 311));
+  cuda::embedding_forward(to_gpu(Tensor::from(std::vector<int64_t>{-1, 7, 10}, {3})),
+                          to_gpu(weight), out, true);
+  Tensor want = Tensor::zeros({3, 4}, DType::F32);
+  want.slice0(1, 2).copy_from(weight.slice0(7, 8));
+  expect_close("embedding unchecked ids", out, want, 0.0);
+}
+
 TEST(CudaEmbedding, MismatchedShapesAndDtypesThrow) {
   Tensor ids = to_gpu(random_ids(6, 10, 400)), weight = test::gpu_zeros({10, 4}, DType::F32);
   Tensor out_bad = gpu_empty({6, 5}, DType::F32), out_bf16 = gpu_empty({6, 4}, DType::BF16);
-  EXPECT_THROW(cuda::embedding_forward(ids, weight, out_bad), Error);
-  EXPECT_THROW(cuda::embedding_forward(ids, weight, out_bf16), Error);
+  EXPECT_THROW(cuda::embedding_forward(ids, weight, out_bad, false), Error);
+  EXPECT_THROW(cuda::embedding_forward(ids, weight, out_bf16, false), Error);
   Tensor ids_i32 = test::gpu_zeros({6}, DType::I32), out = gpu_empty({6, 4}, DType::F32);
-  EXPECT_THROW(cuda::embedding_forward(ids_i32, weight, out), Error);
+  EXPECT_THROW(cuda::embedding_forward(ids_i32, weight, out, false), Error);
   Tensor ids_cpu = random_ids(6, 10, 401);
-  EXPECT_THROW(cuda::embedding_forward(ids_cpu, weight, out), Error);
+  EXPECT_THROW(cuda::embedding_forward(ids_cpu, weight, out, false), Error);
 }
 
 }  // namespace
