@@ -20,8 +20,10 @@ __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)
 // One block per (row, group) = blockIdx.x: rstd[row, group] = 1/sqrt(mean g² + eps) over the
 // group's channels, y = w · T(g · rstd).
 template <class T, class R>
-__global__ void gated_rmsnorm_forward_kernel(const T* x, const T* z, const T* w, float eps,
-                                             int64_t channels, int64_t groups, T* y, R* rstd) {
+__global__ void gated_rmsnorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ z,
+                                             const T* __restrict__ w, float eps, int64_t channels,
+                                             int64_t groups, T* __restrict__ y,
+                                             R* __restrict__ rstd) {
   const int64_t group_size = channels / groups;
   const int64_t row = blockIdx.x / groups, j = blockIdx.x % groups;
   const int64_t base = row * channels + j * group_size;

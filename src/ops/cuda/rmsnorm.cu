@@ -13,27 +13,58 @@ namespace nh::cuda {
 
 namespace {
 
+// Elements per thread loaded together: a row is walked in tiles of kTile · blockDim.x, each
+// tile's loads issued at once (a decode step normalises a single row, so its latency counts).
+constexpr int kTile = 8;
+
 // One block per row: with delta, first x += delta (rounded to T and stored); then
 // rstd[row] = 1/sqrt(mean x² + eps), y = w · T(x · rstd). Each thread reads back only the
 // elements it wrote.
 template <class T, class R>
-__global__ void rmsnorm_forward_kernel(T* x, const T* delta, const T* w, float eps, int64_t dim,
-                                       T* y, R* rstd) {
-  const int64_t row = blockIdx.x;
+__global__ void rmsnorm_forward_kernel(T* __restrict__ x, const T* __restrict__ delta,
+                                       const T* __restrict__ w, float eps, int64_t dim,
+                                       T* __restrict__ y, R* __restrict__ rstd) {
+  const int64_t row = blockIdx.x, tile = int64_t(kTile) * blockDim.x;
   T* xr = x + row * dim;
   T* yr = y + row * dim;
   float ss = 0.f;
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-    if (delta) xr[d] = from_f32<T>(to_f32(xr[d]) + to_f32(delta[row * dim + d]));
-    const float v = to_f32(xr[d]);
-    ss += v * v;
+  for (int64_t base = threadIdx.x; base < dim; base += tile) {
+    float v[kTile];
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t d = base + int64_t(i) * blockDim.x;
+      v[i] = d < dim ? to_f32(xr[d]) : 0.f;
+      if (delta && d < dim) v[i] += to_f32(delta[row * dim + d]);
+    }
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t d = base + int64_t(i) * blockDim.x;
+      if (delta && d < dim) {
+        const T sum = from_f32<T>(v[i]);
+        xr[d] = sum;
+        v[i] = to_f32(sum);
+      }
+      ss += v[i] * v[i];
+    }
   }
   ss = block_sum(ss);
   const R stored = from_f32<R>(1.f / sqrtf(ss / float(dim) + eps));
   if (threadIdx.x == 0) rstd[row] = stored;
   const float rs = to_f32(stored);
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
-    yr[d] = from_f32<T>(to_f32(w[d]) * to_f32(from_f32<T>(to_f32(xr[d]) * rs)));
+  for (int64_t base = threadIdx.x; base < dim; base += tile) {
+    float v[kTile], g[kTile];
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t d = base + int64_t(i) * blockDim.x;
+      v[i] = d < dim ? to_f32(xr[d]) : 0.f;
+      g[i] = d < dim ? to_f32(w[d]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t d = base + int64_t(i) * blockDim.x;
+      if (d < dim) yr[d] = from_f32<T>(g[i] * to_f32(from_f32<T>(v[i] * rs)));
+    }
+  }
 }
 
 // One block per row: with n = x·rstd, dx = rstd · (dy·w − n · mean(dy·w·n)).
