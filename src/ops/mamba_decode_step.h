@@ -13,7 +13,7 @@
 //   ssm_state [R, H, P, N] (P = d_inner / H, N = state_size, G = groups dividing H): F32, or F64
 //   for F64 inputs on the CPU. y [B, H, P].
 // For each entry b with row r = rows[b] it is exactly
-//   xbc = conv1d_step(xBC[b], conv_state[r], conv_w, conv_b)   (ops/mamba_step.h)
+//   xbc = conv1d_step(xBC[b], conv_state[r], conv_w, conv_b)   (ops/cpu/mamba_step.h)
 //   x | Bm | Cm = the columns of xbc (d_inner | G·N | G·N)
 //   dt = mamba_dt_forward(dt_raw[b], dt_bias, dt_min, dt_max), A = mamba_a_forward(A_log)
 //   y[b] = ssd_step(x, dt, A, Bm, Cm, D, ssm_state[r])

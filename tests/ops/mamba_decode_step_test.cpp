@@ -11,7 +11,7 @@
 
 #include "ops/causal_conv1d.h"
 #include "ops/mamba_dt.h"
-#include "ops/mamba_step.h"
+#include "ops/cpu/mamba_step.h"
 #include "ops/ssd.h"
 #include "support/gradcheck.h"
 
@@ -88,12 +88,12 @@ void composed_step(const StepCase& c, const Weights& w, const Tensor& zxbcdt,
     copy_row(ssm_state, rows[entries[i]], ss, i);
   }
   Tensor xbc = Tensor::empty({n, c.conv_dim()}, DType::F64);
-  conv1d_step(cols(in, di, di + c.conv_dim()), cs, w.conv_w, w.conv_b, xbc);
+  cpu::conv1d_step(cols(in, di, di + c.conv_dim()), cs, w.conv_w, w.conv_b, xbc);
   Tensor dt = Tensor::empty({n, c.heads}, DType::F64), A = Tensor::empty({c.heads}, DType::F64);
   mamba_dt_forward(cols(in, di + c.conv_dim(), c.width()), w.dt_bias, c.dt_min, c.dt_max, dt);
   mamba_a_forward(w.A_log, A);
   Tensor yn = Tensor::empty({n, c.heads, c.head_dim}, DType::F64);
-  ssd_step(cols(xbc, 0, di).reshape({n, c.heads, c.head_dim}), dt, A,
+  cpu::ssd_step(cols(xbc, 0, di).reshape({n, c.heads, c.head_dim}), dt, A,
            cols(xbc, di, di + gn).reshape({n, c.groups, c.state}),
            cols(xbc, di + gn, di + 2 * gn).reshape({n, c.groups, c.state}), w.D, ss, yn);
   y.fill(0.0);

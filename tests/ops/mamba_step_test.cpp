@@ -1,4 +1,4 @@
-#include "ops/mamba_step.h"
+#include "ops/cpu/mamba_step.h"
 
 #include <gtest/gtest.h>
 
@@ -12,6 +12,9 @@
 
 namespace nh {
 namespace {
+
+using cpu::conv1d_step;
+using cpu::ssd_step;
 
 using test::random_tensor;
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "ops/mamba_dt.h"
-#include "ops/mamba_step.h"
+#include "ops/cpu/mamba_step.h"
 
 namespace nh {
 

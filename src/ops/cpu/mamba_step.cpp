@@ -1,12 +1,13 @@
 // CPU decoding steps of the Mamba-2 mixer (SPEC §2): conv1d_step sums its taps in double in the
 // order causal_conv1d_forward does, and ssd_step runs the update of ssd_recurrence_forward in T,
 // so a prompt decoded token by token gives what the sequence ops give.
-#include "ops/mamba_step.h"
+#include "ops/cpu/mamba_step.h"
 
 #include <cmath>
 #include <string>
 
 #include "ops/cpu/parallel.h"
+#include "ops/dispatch.h"
 
 namespace nh::cpu {
 

@@ -1,5 +1,6 @@
 // One decoding step of a Mamba-2 layer for B sequences (SPEC §2), the O(1) updates that replace
-// the causal convolution and the chunked scan once a prompt has been prefilled.
+// the causal convolution and the chunked scan once a prompt has been prefilled: the CPU
+// reference pieces of mamba_decode_step (ops/mamba_decode_step.h), which the GPU runs fused.
 //
 // conv1d_step: the causal depthwise conv + SiLU for the newest token of each sequence.
 //   x [B, C] this token's convolution input; conv_state [B, C, K-1] the previous K-1 inputs of
@@ -18,29 +19,11 @@
 //   x, dt, A, Bm, Cm, D, y share one float dtype.
 #pragma once
 
-#include "ops/dispatch.h"
+#include "core/tensor.h"
 
-namespace nh {
-namespace cpu {
+namespace nh::cpu {
 void conv1d_step(const Tensor& x, Tensor& conv_state, const Tensor& w, const Tensor& bias,
                  Tensor& y);
 void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
               const Tensor& Cm, const Tensor& D, Tensor& state, Tensor& y);
-}  // namespace cpu
-namespace cuda {
-void conv1d_step(const Tensor& x, Tensor& conv_state, const Tensor& w, const Tensor& bias,
-                 Tensor& y);
-void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
-              const Tensor& Cm, const Tensor& D, Tensor& state, Tensor& y);
-}  // namespace cuda
-
-inline void conv1d_step(const Tensor& x, Tensor& conv_state, const Tensor& w, const Tensor& bias,
-                        Tensor& y) {
-  NH_DISPATCH(x.device(), conv1d_step(x, conv_state, w, bias, y));
-}
-inline void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
-                     const Tensor& Cm, const Tensor& D, Tensor& state, Tensor& y) {
-  NH_DISPATCH(x.device(), ssd_step(x, dt, A, Bm, Cm, D, state, y));
-}
-
-}  // namespace nh
+}  // namespace nh::cpu
