@@ -143,6 +143,11 @@ double read_float(const Tensor& t, int64_t i) {
   return 0;
 }
 
+namespace {
+// The float dtypes cuda_convert handles.
+bool gpu_converts(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; }
+}  // namespace
+
 void Tensor::copy_from(const Tensor& src) {
   if (src.shape_ != shape_)
     throw Error("copy", "shape", shape_str(shape_), shape_str(src.shape_));
@@ -151,10 +156,10 @@ void Tensor::copy_from(const Tensor& src) {
       cuda_copy(data_, device_, src.data_, src.device_, nbytes());
     else if (device_ == src.device_)
       cuda_convert(data_, dtype_, src.data_, src.dtype_, numel_);
-    else if (src.device_ == Device::CPU)
-      copy_from(src.to(dtype_));  // convert on the host, then copy
+    else if (src.device_ == Device::CPU || !gpu_converts(src.dtype_) || !gpu_converts(dtype_))
+      copy_from(src.device_ == Device::CPU ? src.to(dtype_) : src.to(Device::CPU));  // on the host
     else
-      copy_from(src.to(Device::CPU));
+      copy_from(src.to(dtype_));  // convert on the GPU, then copy
     return;
   }
   if (src.dtype_ == dtype_) {

@@ -1,12 +1,14 @@
 // Linear layer on the GPU (ops/linear.h): the products through cuBLASLt (gemm.cuh), fp32
 // accumulation; x, w, b, y and the gradients share one dtype (F32 or BF16).
-//   forward:  y = b (broadcast), then y = x·wᵀ + 1·y in one GEMM, so a bf16 y rounds once
+//   forward:  up to kGemvMaxRows rows (decoding): one few-row kernel streaming w (gemv.cuh);
+//             more: y = b (broadcast), then y = x·wᵀ + 1·y in one GEMM. A bf16 y rounds once.
 //   backward: dx = dy·w (overwritten), dw += dyᵀ·x (GEMM with beta = 1), db += column sums of dy
 #include <algorithm>
 #include <string>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.cuh"
+#include "ops/cuda/gemv.cuh"
 #include "ops/linear.h"
 
 namespace nh::cuda {
@@ -119,6 +121,10 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y
   const int64_t k = w.size(1), n = w.size(0), m = rows_of(x);
   check_numel(y, m * n, "y");
   if (m == 0 || n == 0) return;
+  if (m <= kGemvMaxRows) {
+    gemv(m, n, k, x.raw(), w.raw(), b.defined() ? b.raw() : nullptr, y.raw(), x.dtype());
+    return;
+  }
   if (b.defined()) {
     with_gpu_float_type(x.dtype(), [&](auto zero) {
       using T = decltype(zero);
