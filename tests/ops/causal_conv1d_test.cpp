@@ -5,10 +5,13 @@
 #include <cmath>
 #include <vector>
 
+#include "support/expect.h"
 #include "support/gradcheck.h"
 
 namespace nh {
 namespace {
+
+using test::expect_near_all;
 
 using test::dot;
 using test::expect_grad_close;
@@ -42,12 +45,6 @@ Tensor document(const Tensor& x, int64_t b, int64_t begin, int64_t end) {
   for (int64_t i = 0; i < (end - begin) * channels; ++i)
     d.data<double>()[i] = x.data<double>()[(b * seq_len + begin) * channels + i];
   return d;
-}
-
-void expect_near_all(const Tensor& got, const Tensor& want, double tol) {
-  ASSERT_EQ(got.shape(), want.shape());
-  for (int64_t i = 0; i < got.numel(); ++i)
-    EXPECT_NEAR(read_float(got, i), read_float(want, i), tol) << "element " << i;
 }
 
 TEST(CausalConv1d, ForwardMatchesDoubleLoopWithAndWithoutBias) {

@@ -13,10 +13,14 @@
 #include "ops/mamba_dt.h"
 #include "ops/cpu/mamba_step.h"
 #include "ops/ssd.h"
+#include "support/expect.h"
 #include "support/gradcheck.h"
 
 namespace nh {
 namespace {
+
+using test::expect_near_all;
+using test::expect_error;
 
 using test::random_tensor;
 
@@ -102,12 +106,6 @@ void composed_step(const StepCase& c, const Weights& w, const Tensor& zxbcdt,
     copy_row(ss, i, ssm_state, rows[entries[i]]);
     copy_row(yn, i, y, entries[i]);
   }
-}
-
-void expect_near_all(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  for (int64_t i = 0; i < got.numel(); ++i)
-    EXPECT_NEAR(read_float(got, i), read_float(want, i), tol) << what << " element " << i;
 }
 
 TEST(MambaDecodeStep, EqualsTheStepOpsComposedOverSeveralStepsWithPermutedAndPaddingRows) {
@@ -227,16 +225,8 @@ TEST(MambaDecodeStep, FloatMatchesDoubleWithinFp32Precision) {
   expect_near_all(ssm_f, ssm, 1e-4, "ssm_state");
 }
 
-// Throws an nh::Error whose message names the op and the argument.
-void expect_error(const std::function<void()>& call, const std::string& arg) {
-  try {
-    call();
-    ADD_FAILURE() << "no error for a bad " << arg;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("mamba_decode_step"), std::string::npos) << msg;
-    EXPECT_NE(msg.find(arg), std::string::npos) << msg;
-  }
+void expect_step_error(const std::function<void()>& call, const std::string& arg) {
+  expect_error(call, "mamba_decode_step", arg);
 }
 
 TEST(MambaDecodeStep, BadShapesDtypesAndRowsThrowNamingTheArgument) {
@@ -268,29 +258,29 @@ TEST(MambaDecodeStep, BadShapesDtypesAndRowsThrowNamingTheArgument) {
     return run(a);
   };
   EXPECT_NO_THROW(with([](Args&) {})());
-  expect_error(with([](Args& a) { a.zxbcdt = random_tensor({2, 1, 48}, 304); }), "zxbcdt shape");
-  expect_error(with([](Args& a) { a.zxbcdt = random_tensor({2, 47}, 305); }), "zxbcdt shape");
-  expect_error(with([](Args& a) { a.rows = Tensor::from<int64_t>({2, 0}, {2}); }), "rows dtype");
-  expect_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({2, 0, 1}, {3}); }), "rows shape");
-  expect_error(with([](Args& a) { a.conv_w = random_tensor({33, 4}, 306); }), "conv_w shape");
-  expect_error(with([](Args& a) { a.conv_b = random_tensor({31}, 307); }), "conv_b shape");
-  expect_error(with([](Args& a) { a.dt_bias = random_tensor({5}, 308); }), "dt_bias shape");
-  expect_error(with([](Args& a) { a.A_log = a.A_log.to(DType::F32); }), "A_log dtype");
-  expect_error(with([](Args& a) { a.D = random_tensor({3}, 309); }), "D shape");
-  expect_error(with([](Args& a) {
+  expect_step_error(with([](Args& a) { a.zxbcdt = random_tensor({2, 1, 48}, 304); }), "zxbcdt shape");
+  expect_step_error(with([](Args& a) { a.zxbcdt = random_tensor({2, 47}, 305); }), "zxbcdt shape");
+  expect_step_error(with([](Args& a) { a.rows = Tensor::from<int64_t>({2, 0}, {2}); }), "rows dtype");
+  expect_step_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({2, 0, 1}, {3}); }), "rows shape");
+  expect_step_error(with([](Args& a) { a.conv_w = random_tensor({33, 4}, 306); }), "conv_w shape");
+  expect_step_error(with([](Args& a) { a.conv_b = random_tensor({31}, 307); }), "conv_b shape");
+  expect_step_error(with([](Args& a) { a.dt_bias = random_tensor({5}, 308); }), "dt_bias shape");
+  expect_step_error(with([](Args& a) { a.A_log = a.A_log.to(DType::F32); }), "A_log dtype");
+  expect_step_error(with([](Args& a) { a.D = random_tensor({3}, 309); }), "D shape");
+  expect_step_error(with([](Args& a) {
                  a.conv_state = random_tensor({3, 32, 4}, 310);
                }),
                "conv_state shape");
-  expect_error(with([](Args& a) { a.ssm_state = a.ssm_state.to(DType::F32); }), "ssm_state dtype");
-  expect_error(with([](Args& a) {
+  expect_step_error(with([](Args& a) { a.ssm_state = a.ssm_state.to(DType::F32); }), "ssm_state dtype");
+  expect_step_error(with([](Args& a) {
                  a.ssm_state = random_tensor({3, 4, 15}, 311);
                }),
                "ssm_state shape");
-  expect_error(with([](Args& a) { a.state = 4; }), "ssm_state shape");
-  expect_error(with([](Args& a) { a.groups = 3; }), "groups");
-  expect_error(with([](Args& a) { a.y = Tensor::empty({2, 4, 4}, DType::F64); }), "y shape");
-  expect_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({3, 0}, {2}); }), "rows[0]");
-  expect_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({1, 1}, {2}); }), "rows[1]");
+  expect_step_error(with([](Args& a) { a.state = 4; }), "ssm_state shape");
+  expect_step_error(with([](Args& a) { a.groups = 3; }), "groups");
+  expect_step_error(with([](Args& a) { a.y = Tensor::empty({2, 4, 4}, DType::F64); }), "y shape");
+  expect_step_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({3, 0}, {2}); }), "rows[0]");
+  expect_step_error(with([](Args& a) { a.rows = Tensor::from<int32_t>({1, 1}, {2}); }), "rows[1]");
   EXPECT_NO_THROW(with([](Args& a) { a.rows = Tensor::from<int32_t>({-1, -1}, {2}); })());
 }
 

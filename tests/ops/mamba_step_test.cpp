@@ -8,10 +8,14 @@
 
 #include "ops/causal_conv1d.h"
 #include "ops/ssd.h"
+#include "support/expect.h"
 #include "support/gradcheck.h"
 
 namespace nh {
 namespace {
+
+using test::expect_near_all;
+using test::expect_error;
 
 using cpu::conv1d_step;
 using cpu::ssd_step;
@@ -36,25 +40,6 @@ void put_token(Tensor& seq, int64_t t, const Tensor& tok) {
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = 0; i < inner; ++i)
       seq.data<double>()[(b * seq_len + t) * inner + i] = read_float(tok, b * inner + i);
-}
-
-void expect_near_all(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  for (int64_t i = 0; i < got.numel(); ++i)
-    EXPECT_NEAR(read_float(got, i), read_float(want, i), tol) << what << " element " << i;
-}
-
-// Throws an nh::Error whose message names the op and the argument.
-void expect_error(const std::function<void()>& call, const std::string& op,
-                  const std::string& arg) {
-  try {
-    call();
-    ADD_FAILURE() << op << ": no error for a bad " << arg;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(op), std::string::npos) << msg;
-    EXPECT_NE(msg.find(arg), std::string::npos) << msg;
-  }
 }
 
 // ---- conv1d_step ------------------------------------------------------------------------

@@ -8,11 +8,15 @@
 #include <vector>
 
 #include "ops/attention.h"
+#include "support/expect.h"
 #include "support/gradcheck.h"
 #include "support/paged_kv.h"
 
 namespace nh {
 namespace {
+
+using test::expect_near_all;
+using test::expect_error;
 
 using test::i32;
 using test::random_tensor;
@@ -70,12 +74,6 @@ Tensor run_decode(const Decode& d, DType dtype) {
   paged_attention_decode(d.q.to(dtype), d.kv.k_pages.to(dtype), d.kv.v_pages.to(dtype),
                          d.kv.block_table, d.rows, d.lengths, d.scale, out);
   return out;
-}
-
-void expect_near_all(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  for (int64_t i = 0; i < got.numel(); ++i)
-    EXPECT_NEAR(read_float(got, i), read_float(want, i), tol) << what << " element " << i;
 }
 
 const DecodeCase kCases[] = {
@@ -188,19 +186,6 @@ TEST(KvCacheWrite, PagesWrittenByPrefillDecodeLikeTheSequence) {
 }
 
 // ---- errors -----------------------------------------------------------------------------
-
-// Throws an nh::Error whose message names the op and the argument.
-void expect_error(const std::function<void()>& call, const std::string& op,
-                  const std::string& arg) {
-  try {
-    call();
-    ADD_FAILURE() << op << ": no error for a bad " << arg;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(op), std::string::npos) << msg;
-    EXPECT_NE(msg.find(arg), std::string::npos) << msg;
-  }
-}
 
 TEST(PagedAttentionDecode, BadShapesDtypesAndIndicesThrowNamingTheArgument) {
   const DecodeCase c{4, 2, 5, 3, 2, {1, 0}, {7, 2}, 2};  // capacity 9: 3 pages a row
