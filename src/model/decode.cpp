@@ -118,7 +118,8 @@ void Model::decode_step(const Tensor& ids, InferenceState& state, const CacheSlo
   Tensor h = Tensor::empty({b, d}, dtype(), dev), normed = Tensor::empty({b, d}, dtype(), dev);
   embedding_forward(ids, weights_.params.at("embeddings.weight"), h, /*ids_checked=*/true);
   norm(0, h, normed);
-  Tensor out = Tensor::empty({b, d}, dtype(), dev), rstd = Tensor::empty({b}, stats_dtype(dtype()), dev);
+  Tensor out = Tensor::empty({b, d}, dtype(), dev);
+  Tensor rstd = Tensor::empty({b}, stats_dtype(dtype()), dev);
   for (size_t l = 0; l < mixers_.size(); ++l) {
     mixers_[l]->decode(normed, state.layers[l], slots, out);
     // The residual add and the next layer's pre-norm (the final norm after the last) at once.
