@@ -156,10 +156,10 @@ void Tensor::copy_from(const Tensor& src) {
       cuda_copy(data_, device_, src.data_, src.device_, nbytes());
     else if (device_ == src.device_)
       cuda_convert(data_, dtype_, src.data_, src.dtype_, numel_);
-    else if (src.device_ == Device::CPU || !gpu_converts(src.dtype_) || !gpu_converts(dtype_))
-      copy_from(src.device_ == Device::CPU ? src.to(dtype_) : src.to(Device::CPU));  // on the host
+    else if (src.device_ == Device::CPU || (gpu_converts(src.dtype_) && gpu_converts(dtype_)))
+      copy_from(src.to(dtype_));  // convert where src is (fast on the GPU), then copy
     else
-      copy_from(src.to(dtype_));  // convert on the GPU, then copy
+      copy_from(src.to(Device::CPU));  // dtypes the GPU does not convert: on the host
     return;
   }
   if (src.dtype_ == dtype_) {
