@@ -7,6 +7,17 @@
 
 namespace nh {
 
+void decode_rows(Model& model, const std::vector<int64_t>& rows, const std::vector<int64_t>& next,
+                 InferenceState& state, Tensor& logits) {
+  const int64_t k = int64_t(rows.size()), vocab = logits.size(1);
+  std::vector<int64_t> ids;
+  for (int64_t r : rows) ids.push_back(next[size_t(r)]);
+  Tensor step = Tensor::empty({k, vocab}, DType::F32);
+  model.decode(Tensor::from(ids, {k}), rows, state, step);
+  for (int64_t i = 0; i < k; ++i)
+    logits.slice0(rows[size_t(i)], rows[size_t(i)] + 1).copy_from(step.slice0(i, i + 1));
+}
+
 std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
                                        const std::vector<GenerationRequest>& requests,
                                        const TextCallback& on_text) {
@@ -37,7 +48,7 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
   int64_t kv_positions = 0;
   for (const auto& q : requests) {
     const int64_t want = int64_t(q.prompt.size()) + q.max_new_tokens;
-    kv_positions += (want + kDefaultPageSize - 1) / kDefaultPageSize * kDefaultPageSize;
+    kv_positions += pages_for(want, kDefaultPageSize) * kDefaultPageSize;
   }
   InferenceState state =
       model.new_inference_state(int64_t(n), longest_prompt + most_new, kv_positions);
@@ -85,18 +96,11 @@ std::vector<GenerationResult> generate(Model& model, const Tokenizer* tokenizer,
         finish(r, "length");
     }
     // Only the rows still generating take a step.
-    std::vector<int64_t> live, ids;
+    std::vector<int64_t> live;
     for (size_t r = 0; r < n; ++r)
-      if (!done[r]) {
-        live.push_back(int64_t(r));
-        ids.push_back(next[r]);
-      }
+      if (!done[r]) live.push_back(int64_t(r));
     if (live.empty()) break;
-    const int64_t k = int64_t(live.size());
-    Tensor step_logits = Tensor::empty({k, vocab}, DType::F32);
-    model.decode(Tensor::from(ids, {k}), live, state, step_logits);
-    for (int64_t i = 0; i < k; ++i)
-      logits.slice0(live[size_t(i)], live[size_t(i)] + 1).copy_from(step_logits.slice0(i, i + 1));
+    decode_rows(model, live, next, state, logits);
   }
   return results;
 }

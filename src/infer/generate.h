@@ -34,6 +34,11 @@ struct GenerationResult {
 // string or end inside a UTF-8 character): request index, the new piece.
 using TextCallback = std::function<void(size_t, const std::string&)>;
 
+// One decode step for state rows `rows`, row r fed the token next[r]; row r's logits land in
+// row r of `logits` (F32 [R, V] on the host). The step of generate() and of the server.
+void decode_rows(Model& model, const std::vector<int64_t>& rows, const std::vector<int64_t>& next,
+                 InferenceState& state, Tensor& logits);
+
 // Runs the requests as one batch. tokenizer may be null when no request has stop strings (then
 // `text` stays empty and on_text is not called). Prompts must be non-empty; a request ends at
 // a stop id, a stop string or max_new_tokens.

@@ -43,6 +43,9 @@ InferenceState Model::new_inference_state(int64_t rows, int64_t capacity, int64_
     throw Error("inference state", "capacity", "at least 1 position", std::to_string(capacity));
   if (page_size < 1)
     throw Error("inference state", "page size", "at least 1", std::to_string(page_size));
+  if (kv_positions < 0)
+    throw Error("inference state", "KV positions", "at least 0 (0: every row to capacity)",
+                std::to_string(kv_positions));
   const DType dt = dtype();
   const Device dev = device();
   InferenceState s;
@@ -50,9 +53,8 @@ InferenceState Model::new_inference_state(int64_t rows, int64_t capacity, int64_
   s.lengths.assign(size_t(rows), 0);
   const bool attention =
       std::find(c.layers.begin(), c.layers.end(), LayerKind::Attention) != c.layers.end();
-  const int64_t row_pages = (capacity + page_size - 1) / page_size;
-  const int64_t pages =
-      kv_positions > 0 ? (kv_positions + page_size - 1) / page_size : rows * row_pages;
+  const int64_t row_pages = pages_for(capacity, page_size);
+  const int64_t pages = kv_positions > 0 ? pages_for(kv_positions, page_size) : rows * row_pages;
   if (attention) {
     s.page_size = page_size;
     s.pages.resize(size_t(rows));

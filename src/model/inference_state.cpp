@@ -24,7 +24,7 @@ bool InferenceState::reserve(int64_t r, int64_t positions) {
                 std::to_string(positions));
   if (!has_pages(*this)) return true;
   std::vector<int32_t>& mine = pages[size_t(r)];
-  const size_t want = size_t((positions + page_size - 1) / page_size);
+  const size_t want = size_t(pages_needed(positions));
   if (mine.size() >= want) return true;
   const size_t more = want - mine.size();
   if (free_pages.size() < more) return false;

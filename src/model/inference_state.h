@@ -34,6 +34,11 @@ struct CacheSlots {
 
 constexpr int64_t kDefaultPageSize = 64;
 
+// Pages of `page_size` positions that hold `positions`.
+inline int64_t pages_for(int64_t positions, int64_t page_size) {
+  return (positions + page_size - 1) / page_size;
+}
+
 struct DecodeGraph;  // a captured decode step (model/decode.cpp)
 
 struct InferenceState {
@@ -48,6 +53,10 @@ struct InferenceState {
   std::map<int64_t, std::shared_ptr<DecodeGraph>> graphs;  // by padded batch size
 
   int64_t rows() const { return int64_t(lengths.size()); }
+  // KV pages a reservation of `positions` takes (0 when the model has no attention layer).
+  int64_t pages_needed(int64_t positions) const {
+    return page_size > 0 ? pages_for(positions, page_size) : 0;
+  }
   // Positions row r may reach with the pages it holds (capacity when the model has no
   // attention layer).
   int64_t reserved(int64_t r) const;

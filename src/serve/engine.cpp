@@ -2,7 +2,16 @@
 
 #include <algorithm>
 
+#include "infer/generate.h"
+
 namespace nh::serve {
+
+namespace {
+
+// The positions a request reserves in the inference state: its prompt and every new token.
+int64_t positions_of(const EngineRequest& r) { return int64_t(r.prompt.size()) + r.max_tokens; }
+
+}  // namespace
 
 Engine::Engine(Model& model, const Tokenizer* tokenizer, EngineOptions options)
     : model_(model), tokenizer_(tokenizer), options_(options) {
@@ -12,8 +21,6 @@ Engine::Engine(Model& model, const Tokenizer* tokenizer, EngineOptions options)
     throw Error("serve", "max_context", "at least 2", std::to_string(options.max_context));
   if (options.max_queue < 1)
     throw Error("serve", "max_queue", "at least 1", std::to_string(options.max_queue));
-  if (options.kv_positions < 0)
-    throw Error("serve", "kv_positions", "at least 0", std::to_string(options.kv_positions));
   state_ = model_.new_inference_state(options.max_batch, options.max_context, options.kv_positions);
   logits_ = Tensor::empty({options.max_batch, model_.config().vocab_size}, DType::F32);
   next_.assign(size_t(options.max_batch), 0);
@@ -44,7 +51,7 @@ std::shared_ptr<Channel> Engine::submit(EngineRequest request) {
   if (request.max_tokens < 1)
     throw Error("request", "max_tokens", "at least 1", std::to_string(request.max_tokens));
   const int64_t room = std::min(options_.max_context, kv_pool_positions_);
-  if (n + request.max_tokens > room)
+  if (positions_of(request) > room)
     throw Error("request", "prompt + max_tokens", "at most " + std::to_string(room) + " tokens",
                 std::to_string(n) + " + " + std::to_string(request.max_tokens));
   request.sampling.validate("request");
@@ -108,19 +115,13 @@ bool Engine::admit(std::vector<Waiting>& admitted) {
   // Pages the admitted requests will take; in order, so a long request is not starved.
   int64_t pages = int64_t(state_.free_pages.size());
   for (int64_t free = options_.max_batch - active_; free > 0 && !queue_.empty(); --free) {
-    const int64_t need = pages_for(queue_.front().request);
+    const int64_t need = state_.pages_needed(positions_of(queue_.front().request));
     if (need > pages) break;
     pages -= need;
     admitted.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
   return true;
-}
-
-int64_t Engine::pages_for(const EngineRequest& request) const {
-  if (state_.page_size == 0) return 0;
-  const int64_t positions = int64_t(request.prompt.size()) + request.max_tokens;
-  return (positions + state_.page_size - 1) / state_.page_size;
 }
 
 void Engine::start(Waiting w) {
@@ -132,8 +133,8 @@ void Engine::start(Waiting w) {
     return;
   }
   try {
-    const int64_t positions = int64_t(w.request.prompt.size()) + w.request.max_tokens;
-    NH_CHECK(state_.reserve(int64_t(r), positions), "a request admitted without free KV pages");
+    NH_CHECK(state_.reserve(int64_t(r), positions_of(w.request)),
+             "a request admitted without free KV pages");
     Sampler sampler(w.request.sampling, model_.config().vocab_size);
     TextStream text(tokenizer_, w.request.stop_strings);
     const auto& p = w.request.prompt;
@@ -177,19 +178,12 @@ void Engine::sample_all() {
 }
 
 void Engine::decode_all() {
-  std::vector<int64_t> live, ids;
+  std::vector<int64_t> live;
   for (size_t r = 0; r < rows_.size(); ++r)
-    if (rows_[r]) {
-      live.push_back(int64_t(r));
-      ids.push_back(next_[r]);
-    }
+    if (rows_[r]) live.push_back(int64_t(r));
   if (live.empty()) return;
-  const int64_t k = int64_t(live.size());
   try {
-    Tensor step_logits = Tensor::empty({k, model_.config().vocab_size}, DType::F32);
-    model_.decode(Tensor::from(ids, {k}), live, state_, step_logits);
-    for (int64_t i = 0; i < k; ++i)
-      logits_.slice0(live[size_t(i)], live[size_t(i)] + 1).copy_from(step_logits.slice0(i, i + 1));
+    decode_rows(model_, live, next_, state_, logits_);
   } catch (const std::exception& e) {
     for (int64_t r : live) end_row(size_t(r), "", "", e.what());
   }

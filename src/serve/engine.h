@@ -88,8 +88,6 @@ class Engine {
   // cancelled ones. Returns false when the thread should end.
   bool admit(std::vector<Waiting>& admitted);
   void start(Waiting w);
-  // The KV pages a request reserves.
-  int64_t pages_for(const EngineRequest& request) const;
   void sample_all();
   void decode_all();
   // Frees row r, then tells its request how it ended (reason and the last text, or an error),
