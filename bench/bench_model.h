@@ -1,10 +1,13 @@
-// What the benchmark programs share: the model they time and random token ids.
+// What the benchmark programs share: the model they time, random token ids and the device's
+// copy bandwidth.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <string>
 
+#include "core/cuda_memory.h"
 #include "core/rng.h"
 #include "model/model.h"
 #include "model/presets.h"
@@ -35,5 +38,20 @@ inline Tensor random_token_ids(const Shape& shape, int64_t vocab, Rng& rng) {
 }
 
 inline double gib(int64_t bytes) { return double(bytes) / double(int64_t(1) << 30); }
+
+// Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer, copied
+// 10 times back to back: the reference the bandwidth-bound benchmarks compare against.
+inline double copy_bandwidth() {
+  const int64_t n = int64_t(1) << 30;
+  const Tensor a = Tensor::zeros({n}, DType::U8, Device::CUDA);
+  Tensor b = Tensor::empty({n}, DType::U8, Device::CUDA);
+  b.copy_from(a);
+  cuda_synchronize();
+  const auto t = std::chrono::steady_clock::now();
+  for (int i = 0; i < 10; ++i) b.copy_from(a);
+  cuda_synchronize();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  return 2.0 * double(n) * 10 / s;
+}
 
 }  // namespace nh

@@ -3,7 +3,8 @@
 // kGemvMaxRows rows) against cuBLASLt (ops/cuda/gemm.cuh, what it runs for more) on the same
 // operands. Prints one JSON line per shape, row count and path: the median time of a call, the
 // bytes it reads and writes per second, and that over the device's copy bandwidth (read + write
-// bytes per second of a 1 GiB device-to-device copy, printed first as path "copy").
+// bytes per second of 1 GiB device-to-device copies, bench/bench_model.h, printed first as path
+// "copy").
 //
 //   nemotronh-bench-gemv [--dtype bf16|fp32] [--rows 1,4,8] [--shapes 4096x18560,...]
 //                        [--samples 20] [--warmup 3]
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_model.h"
 #include "core/cuda_graph.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
@@ -92,20 +94,6 @@ Tensor random_gpu(const Shape& shape, DType dtype, uint64_t seed) {
   return t;
 }
 
-constexpr int64_t kCopyBytes = int64_t(1) << 30;
-
-// Median microseconds of a kCopyBytes device-to-device copy.
-double copy_us(const Options& o) {
-  const int64_t copies = 4;
-  const Tensor src = Tensor::zeros({kCopyBytes}, DType::U8, Device::CUDA);
-  Tensor dst = Tensor::empty({kCopyBytes}, DType::U8, Device::CUDA);
-  return median_us(
-      [&] {
-        for (int64_t i = 0; i < copies; ++i) dst.copy_from(src);
-      },
-      copies, o);
-}
-
 int64_t parse_dim(const std::string& shape, const std::string& s) {
   try {
     size_t used = 0;
@@ -120,20 +108,18 @@ int run(const Options& o) {
   if (!cuda_available()) throw Error("no CUDA GPU is visible");
   const DType dtype = select_compute_dtype(o.dtype, Device::CUDA, "--dtype");
   const std::string device = cuda_device_name();
-  const double copy_time = copy_us(o);
-  const double copy = 2.0 * double(kCopyBytes) / (copy_time * 1e-6);  // read + write
-  auto line = [&](nlohmann::ordered_json j) {
-    const double bytes_per_s = j["bytes"].get<double>() / (j["us"].get<double>() * 1e-6);
-    j["GB_per_s"] = bytes_per_s / 1e9;
-    if (j["path"] != "copy") j["of_copy"] = bytes_per_s / copy;
+  const double copy = copy_bandwidth();
+  auto print = [](const nlohmann::ordered_json& j) {
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
   };
-  line({{"bench", "gemv"},
-        {"device", device},
-        {"path", "copy"},
-        {"bytes", 2 * kCopyBytes},
-        {"us", copy_time}});
+  print({{"bench", "gemv"}, {"device", device}, {"path", "copy"}, {"GB_per_s", copy / 1e9}});
+  auto line = [&](nlohmann::ordered_json j) {
+    const double bytes_per_s = j["bytes"].get<double>() / (j["us"].get<double>() * 1e-6);
+    j["GB_per_s"] = bytes_per_s / 1e9;
+    j["of_copy"] = bytes_per_s / copy;
+    print(j);
+  };
   const size_t es = dtype_size(dtype);
   for (const std::string& shape : o.shapes) {
     const size_t x_at = shape.find('x');

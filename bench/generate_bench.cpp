@@ -39,18 +39,6 @@ void sync(Device d) {
   if (d == Device::CUDA) cuda_synchronize();
 }
 
-// Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer.
-double copy_bandwidth() {
-  const int64_t n = int64_t(1) << 30;
-  Tensor a = Tensor::zeros({n}, DType::U8, Device::CUDA), b = Tensor::empty({n}, DType::U8, Device::CUDA);
-  b.copy_from(a);
-  cuda_synchronize();
-  const auto t = Clock::now();
-  for (int i = 0; i < 10; ++i) b.copy_from(a);
-  cuda_synchronize();
-  return 2.0 * double(n) * 10 / seconds_since(t);
-}
-
 int run(const Options& o) {
   const Device device = select_device(o.device, "--device");
   const DType dtype = select_compute_dtype(o.dtype, device, "--dtype");
