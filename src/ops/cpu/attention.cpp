@@ -13,6 +13,7 @@
 #include <limits>
 #include <string>
 #include <vector>
+#include "ops/cpu/dot.h"
 #include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
@@ -66,13 +67,6 @@ Documents documents(const Tensor& seq_idx, int64_t batch, int64_t seqlen) {
 // Multiply-adds of one pass over the causal score triangle.
 int64_t attention_work(const AttnDims& d) {
   return d.batch * d.q_heads * d.seqlen * (d.seqlen + 1) / 2 * d.head_dim;
-}
-
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // Row pointers into q/out/dq ([B, S, Hq, dh]) and k/v/dk/dv ([B, S, Hkv, dh]).

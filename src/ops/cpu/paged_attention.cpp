@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/cpu/dot.h"
 #include "ops/cpu/parallel.h"
 
 namespace nh {
@@ -114,13 +115,6 @@ void check_row(const char* op, const int32_t* rows, int64_t i, const PagedKvShap
     throw Error(op, "rows[" + std::to_string(i) + "]",
                 "-1 (padding) or a table row < R = " + std::to_string(s.table_rows),
                 std::to_string(rows[i]));
-}
-
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // out[b, h] for the entry's positions, whose slots (element offsets into the pages) are given.

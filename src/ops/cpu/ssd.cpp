@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include "ops/cpu/dot.h"
 #include "ops/cpu/parallel.h"
 
 namespace nh::cpu {
@@ -84,13 +85,6 @@ std::vector<int32_t> document_counters(const Tensor& seq_idx, int64_t batch, int
       seg[i] = seg[i - 1] + (idx[i] != idx[i - 1] ? 1 : 0);
     }
   return seg;
-}
-
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // The inputs of one (batch, head): token t of x is at x + t * x_stride, and so on.
