@@ -49,15 +49,7 @@ assert all(r["finish_reason"] == "length" for r in rows), rows
 PY
 
 # Chat needs text: the first run's byte-level tokenizer with a model sized for it.
-"$nemotronh" init --preset tiny-hybrid --out "$tmp/chat-model" > /dev/null
-python3 - "$tmp/chat-model/config.json" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1])); c["vocab_size"] = 264
-json.dump(c, open(sys.argv[1], "w"))
-PY
-"$nemotronh" init --config "$tmp/chat-model/config.json" --out "$tmp/chat-model" > /dev/null
-"$nemotronh" train --out "$tmp/first" --set max_steps=1 > /dev/null 2>&1
-cp "$tmp/first/data/tokenizer.json" "$tmp/chat-model/"
+bash "$source_dir/tests/e2e/make_text_model.sh" "$nemotronh" "$tmp/chat-model" "$tmp/first"
 out=$(printf 'hello\n/reset\nagain\n/exit\nnot read\n' |
       "$nemotronh" chat --model "$tmp/chat-model" --max-new-tokens 5 --temperature 0 --device "${NH_TEST_DEVICE:-cpu}")
 [ "$(printf '%s\n' "$out" | grep -c 'conversation reset')" = 1 ] && [ "$(printf '%s\n' "$out" | wc -l)" = 3 ] &&

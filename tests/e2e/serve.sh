@@ -15,15 +15,7 @@ fail() { echo "FAIL $1"; failed=$((failed + 1)); }
 
 # A tiny model with a tokenizer: the first run's byte-level tokenizer, a model sized for it.
 model=$tmp/tiny
-"$nemotronh" init --preset tiny-hybrid --out "$model" > /dev/null
-python3 - "$model/config.json" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1])); c["vocab_size"] = 264
-json.dump(c, open(sys.argv[1], "w"))
-PY
-"$nemotronh" init --config "$model/config.json" --out "$model" > /dev/null
-"$nemotronh" train --out "$tmp/first" --set max_steps=1 > /dev/null 2>&1
-cp "$tmp/first/data/tokenizer.json" "$model/"
+bash "$source_dir/tests/e2e/make_text_model.sh" "$nemotronh" "$model" "$tmp/first"
 
 # start NAME ARGS...: runs the server on a free port; sets $url and $pid once it listens.
 start() {
