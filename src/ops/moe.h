@@ -25,8 +25,8 @@
 //   out [T, Din] overwritten. The (token, slot) pairs are grouped by expert, in token order
 //   within an expert, and each expert runs two GEMMs over its rows, so results do not depend on
 //   thread count. `cache` is (re)allocated by the forward and holds what the backward needs.
-//   backward: dout [T, Din] -> dh [T, Din] overwritten, dup [E, I, Din] +=, ddown [E, Din, I] +=,
-//   dtopk_w [T, k] overwritten. topk_w and dtopk_w are in h's dtype, or F32 with bf16 h on the
+//   backward: dout [T, Din] -> dh [T, Din] overwritten, dup [E, I, Din] +=, ddown [E, Din, I] +=
+//   (each skipped when undefined: a frozen base), dtopk_w [T, k] overwritten. topk_w and dtopk_w are in h's dtype, or F32 with bf16 h on the
 //   GPU (the fp32 router of a bf16 model).
 //
 // Expert load: load I64 [E] (overwritten) = the number of (token, slot) pairs routed to each
@@ -71,6 +71,18 @@ inline void moe_check_route_config(const MoeRouteConfig& cfg, int64_t n_experts)
          cfg.top_k);
 }
 
+// LoRA on the routed experts' weights (PEFT's target_parameters), one low-rank pair per expert:
+//   up[e] + s · up_b[e] · up_a[e],   down[e] + s · down_b[e] · down_a[e]
+// up_a [E, r, Din], up_b [E, I, r], down_a [E, r, I], down_b [E, Din, r], in h's dtype; a pair
+// left undefined adapts nothing. The low-rank products run beside the experts' own GEMMs over
+// the same routed rows, so no [E, I, Din] delta is ever formed. The backward accumulates into
+// the d* tensors of the pairs present.
+struct MoeExpertsLora {
+  Tensor up_a, up_b, down_a, down_b;
+  Tensor dup_a, dup_b, ddown_a, ddown_b;
+  double scale = 1;
+};
+
 // What moe_experts_backward needs from the forward. Routed rows, one per (token, slot) pair,
 // are grouped by expert and in token order within an expert.
 struct MoeExpertsCache {
@@ -88,11 +100,11 @@ void moe_route_backward(const Tensor& u, const Tensor& gate_w, const Tensor& top
                         Tensor& du, Tensor& dgate_w);
 void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                          const Tensor& topk_idx, const Tensor& topk_w, Tensor& out,
-                         MoeExpertsCache& cache);
+                         MoeExpertsCache& cache, const MoeExpertsLora& lora);
 void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
                           const Tensor& topk_idx, const Tensor& topk_w,
                           const MoeExpertsCache& cache, const Tensor& dout, Tensor& dh, Tensor& dup,
-                          Tensor& ddown, Tensor& dtopk_w);
+                          Tensor& ddown, Tensor& dtopk_w, const MoeExpertsLora& lora);
 void moe_expert_load(const Tensor& topk_idx, Tensor& load);
 void moe_update_correction_bias(Tensor& correction_bias, const Tensor& expert_load, double rate);
 }  // namespace cpu
@@ -104,11 +116,11 @@ void moe_route_backward(const Tensor& u, const Tensor& gate_w, const Tensor& top
                         Tensor& du, Tensor& dgate_w);
 void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                          const Tensor& topk_idx, const Tensor& topk_w, Tensor& out,
-                         MoeExpertsCache& cache);
+                         MoeExpertsCache& cache, const MoeExpertsLora& lora);
 void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
                           const Tensor& topk_idx, const Tensor& topk_w,
                           const MoeExpertsCache& cache, const Tensor& dout, Tensor& dh, Tensor& dup,
-                          Tensor& ddown, Tensor& dtopk_w);
+                          Tensor& ddown, Tensor& dtopk_w, const MoeExpertsLora& lora);
 void moe_expert_load(const Tensor& topk_idx, Tensor& load);
 void moe_update_correction_bias(Tensor& correction_bias, const Tensor& expert_load, double rate);
 }  // namespace cuda
@@ -127,16 +139,22 @@ inline void moe_route_backward(const Tensor& u, const Tensor& gate_w, const Tens
 }
 inline void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                                 const Tensor& topk_idx, const Tensor& topk_w, Tensor& out,
-                                MoeExpertsCache& cache) {
-  NH_DISPATCH(h.device(), moe_experts_forward(h, up, down, topk_idx, topk_w, out, cache));
+                                MoeExpertsCache& cache,
+                                const MoeExpertsLora& lora = MoeExpertsLora()) {
+  NH_DISPATCH(h.device(), moe_experts_forward(h, up, down, topk_idx, topk_w, out, cache, lora));
 }
 inline void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
                                  const Tensor& topk_idx, const Tensor& topk_w,
                                  const MoeExpertsCache& cache, const Tensor& dout, Tensor& dh,
-                                 Tensor& dup, Tensor& ddown, Tensor& dtopk_w) {
+                                 Tensor& dup, Tensor& ddown, Tensor& dtopk_w,
+                                 const MoeExpertsLora& lora = MoeExpertsLora()) {
   NH_DISPATCH(h.device(), moe_experts_backward(h, up, down, topk_idx, topk_w, cache, dout, dh, dup,
-                                               ddown, dtopk_w));
+                                               ddown, dtopk_w, lora));
 }
+// Throws unless the pairs of `lora` that are present fit up [E, I, Din] (and have gradients, for
+// the backward). Shared by both backends.
+void check_experts_lora(const MoeExpertsLora& lora, const Tensor& up, bool backward);
+
 inline void moe_expert_load(const Tensor& topk_idx, Tensor& load) {
   NH_DISPATCH(topk_idx.device(), moe_expert_load(topk_idx, load));
 }

@@ -299,18 +299,18 @@ void expect_experts_match_cpu(int64_t n_tokens, int64_t dim, int64_t inter, int6
 
   MoeExpertsCache cpu_cache;
   Tensor out = Tensor::empty(in.h.shape(), DType::F32);
-  cpu::moe_experts_forward(in.h, in.up, in.down, in.idx, in.w, out, cpu_cache);
+  cpu::moe_experts_forward(in.h, in.up, in.down, in.idx, in.w, out, cpu_cache, {});
   Tensor dh = Tensor::empty(in.h.shape(), DType::F32);
   Tensor dtopk_w = Tensor::empty(in.w.shape(), DType::F32);
   Tensor dup = dup0.clone(), ddown = ddown0.clone();
   cpu::moe_experts_backward(in.h, in.up, in.down, in.idx, in.w, cpu_cache, in.dout, dh, dup, ddown,
-                            dtopk_w);
+                            dtopk_w, {});
 
   const Tensor h = to_gpu(in.h, dtype), up = to_gpu(in.up, dtype), down = to_gpu(in.down, dtype);
   const Tensor idx = to_gpu(in.idx), w = to_gpu(in.w, dtype);
   MoeExpertsCache cache;
   Tensor out_gpu = to_gpu(random_cpu(in.h.shape(), seed + 8), dtype);  // must be overwritten
-  cuda::moe_experts_forward(h, up, down, idx, w, out_gpu, cache);
+  cuda::moe_experts_forward(h, up, down, idx, w, out_gpu, cache, {});
   expect_close(what + " out", out_gpu, out, tol);
   EXPECT_EQ(cache.expert_offsets.device(), Device::CUDA);
   EXPECT_EQ(ints(cache.expert_offsets), ints(cpu_cache.expert_offsets));
@@ -322,7 +322,7 @@ void expect_experts_match_cpu(int64_t n_tokens, int64_t dim, int64_t inter, int6
   Tensor dtopk_gpu = to_gpu(random_cpu(in.w.shape(), seed + 10), dtype);
   Tensor dup_gpu = to_gpu(dup0, dtype), ddown_gpu = to_gpu(ddown0, dtype);
   cuda::moe_experts_backward(h, up, down, idx, w, cache, to_gpu(in.dout, dtype), dh_gpu, dup_gpu,
-                             ddown_gpu, dtopk_gpu);
+                             ddown_gpu, dtopk_gpu, {});
   expect_close(what + " dh", dh_gpu, dh, tol);
   expect_close(what + " dup", dup_gpu, dup, tol);
   expect_close(what + " ddown", ddown_gpu, ddown, tol);
@@ -343,6 +343,66 @@ TEST(MoeExpertsCuda, ForwardAndBackwardMatchCpuWithUnusedExperts) {
   }
 }
 
+// LoRA on both expert weights over a frozen base: the GPU's output, input and routing-weight
+// gradients and the four factor gradients against the CPU in fp32.
+void expect_experts_lora_match_cpu(int64_t n_tokens, int64_t dim, int64_t inter, int64_t n_experts,
+                                   int64_t k, int64_t rank, uint64_t seed, DType dtype) {
+  const std::string what = "experts lora T " + std::to_string(n_tokens) + " E " +
+                           std::to_string(n_experts) + " r " + std::to_string(rank) +
+                           dtype_label(dtype);
+  SCOPED_TRACE(what);
+  const double tol = tolerance(dtype);
+  const ExpertsInputs in = random_experts(n_tokens, dim, inter, n_experts, k, seed);
+  MoeExpertsLora cpu_lora;
+  cpu_lora.scale = 2.0;
+  cpu_lora.up_a = random_cpu({n_experts, rank, dim}, seed + 20, 1.0 / std::sqrt(double(dim)));
+  cpu_lora.up_b = random_cpu({n_experts, inter, rank}, seed + 21, 0.3);
+  cpu_lora.down_a = random_cpu({n_experts, rank, inter}, seed + 22, 1.0 / std::sqrt(double(inter)));
+  cpu_lora.down_b = random_cpu({n_experts, dim, rank}, seed + 23, 0.3);
+  MoeExpertsLora gpu_lora = cpu_lora;
+  for (auto [c, g, d] : {std::tuple{&cpu_lora.up_a, &gpu_lora.up_a, &cpu_lora.dup_a},
+                         std::tuple{&cpu_lora.up_b, &gpu_lora.up_b, &cpu_lora.dup_b},
+                         std::tuple{&cpu_lora.down_a, &gpu_lora.down_a, &cpu_lora.ddown_a},
+                         std::tuple{&cpu_lora.down_b, &gpu_lora.down_b, &cpu_lora.ddown_b}}) {
+    *g = to_gpu(*c, dtype);
+    *d = random_cpu(c->shape(), seed + 30, 0.1);  // accumulated onto
+  }
+  gpu_lora.dup_a = to_gpu(cpu_lora.dup_a, dtype);
+  gpu_lora.dup_b = to_gpu(cpu_lora.dup_b, dtype);
+  gpu_lora.ddown_a = to_gpu(cpu_lora.ddown_a, dtype);
+  gpu_lora.ddown_b = to_gpu(cpu_lora.ddown_b, dtype);
+
+  MoeExpertsCache cpu_cache;
+  Tensor out = Tensor::empty(in.h.shape(), DType::F32), none;
+  cpu::moe_experts_forward(in.h, in.up, in.down, in.idx, in.w, out, cpu_cache, cpu_lora);
+  Tensor dh = Tensor::empty(in.h.shape(), DType::F32), dtopk_w = Tensor::empty(in.w.shape(), DType::F32);
+  cpu::moe_experts_backward(in.h, in.up, in.down, in.idx, in.w, cpu_cache, in.dout, dh, none, none,
+                            dtopk_w, cpu_lora);
+
+  const Tensor h = to_gpu(in.h, dtype), up = to_gpu(in.up, dtype), down = to_gpu(in.down, dtype);
+  const Tensor idx = to_gpu(in.idx), w = to_gpu(in.w, dtype);
+  MoeExpertsCache cache;
+  Tensor out_gpu = gpu_empty(in.h.shape(), dtype);
+  cuda::moe_experts_forward(h, up, down, idx, w, out_gpu, cache, gpu_lora);
+  expect_close(what + " out", out_gpu, out, tol);
+  Tensor dh_gpu = gpu_empty(in.h.shape(), dtype), dtopk_gpu = gpu_empty(in.w.shape(), dtype);
+  cuda::moe_experts_backward(h, up, down, idx, w, cache, to_gpu(in.dout, dtype), dh_gpu, none, none,
+                             dtopk_gpu, gpu_lora);
+  expect_close(what + " dh", dh_gpu, dh, tol);
+  expect_close(what + " dtopk_w", dtopk_gpu, dtopk_w, tol);
+  expect_close(what + " dup_a", gpu_lora.dup_a, cpu_lora.dup_a, tol);
+  expect_close(what + " dup_b", gpu_lora.dup_b, cpu_lora.dup_b, tol);
+  expect_close(what + " ddown_a", gpu_lora.ddown_a, cpu_lora.ddown_a, tol);
+  expect_close(what + " ddown_b", gpu_lora.ddown_b, cpu_lora.ddown_b, tol);
+}
+
+TEST(MoeExpertsCuda, LoraOnAFrozenBaseMatchesCpu) {
+  for (const DType dtype : {DType::F32, DType::BF16}) {
+    expect_experts_lora_match_cpu(37, 64, 96, 8, 2, 4, 160, dtype);
+    expect_experts_lora_match_cpu(130, 72, 40, 16, 6, 8, 170, dtype);
+  }
+}
+
 TEST(MoeExpertsCuda, ForwardRejectsExpertIdOutOfRange) {
   const ExpertsInputs in = random_experts(4, 3, 5, 4, 2, 150);
   const Tensor h = to_gpu(in.h), up = to_gpu(in.up), down = to_gpu(in.down), w = to_gpu(in.w);
@@ -351,7 +411,8 @@ TEST(MoeExpertsCuda, ForwardRejectsExpertIdOutOfRange) {
   for (const int64_t bad : {int64_t(4), int64_t(-1)}) {
     Tensor idx = in.idx.clone();
     idx.data<int64_t>()[5] = bad;
-    EXPECT_THROW(cuda::moe_experts_forward(h, up, down, to_gpu(idx), w, out, cache), Error) << bad;
+    EXPECT_THROW(cuda::moe_experts_forward(h, up, down, to_gpu(idx), w, out, cache, {}), Error)
+        << bad;
   }
 }
 

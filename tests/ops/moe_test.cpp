@@ -392,6 +392,123 @@ TEST(MoeExperts, RejectsExpertIdOutOfRange) {
   EXPECT_THROW(moe_expert_load(in.idx, load), Error);
 }
 
+// w[e] + s · b[e] · a[e] for every expert: w [E, out, in], a [E, r, in], b [E, out, r].
+Tensor merged(const Tensor& w, const Tensor& a, const Tensor& b, double s) {
+  Tensor m = w.clone();
+  const int64_t e_n = w.size(0), out = w.size(1), in = w.size(2), r = a.size(1);
+  for (int64_t e = 0; e < e_n; ++e)
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) {
+        double sum = 0;
+        for (int64_t j = 0; j < r; ++j)
+          sum += read_float(b, (e * out + o) * r + j) * read_float(a, (e * r + j) * in + i);
+        m.data<double>()[(e * out + o) * in + i] += s * sum;
+      }
+  return m;
+}
+
+struct ExpertsLoraInputs {
+  ExpertsInputs base;
+  MoeExpertsLora lora;
+};
+
+// Random LoRA pairs (B non-zero) on up, down or both, with zeroed gradients.
+ExpertsLoraInputs random_experts_lora(bool up, bool down, uint64_t seed) {
+  const int64_t e = 5, dim = 6, inter = 7, r = 2;
+  ExpertsLoraInputs in{random_experts(8, dim, inter, e, 2, seed), {}};
+  in.lora.scale = 1.5;
+  if (up) {
+    in.lora.up_a = random_tensor({e, r, dim}, seed + 10);
+    in.lora.up_b = random_tensor({e, inter, r}, seed + 11);
+    in.lora.dup_a = Tensor::zeros(in.lora.up_a.shape(), DType::F64);
+    in.lora.dup_b = Tensor::zeros(in.lora.up_b.shape(), DType::F64);
+  }
+  if (down) {
+    in.lora.down_a = random_tensor({e, r, inter}, seed + 12);
+    in.lora.down_b = random_tensor({e, dim, r}, seed + 13);
+    in.lora.ddown_a = Tensor::zeros(in.lora.down_a.shape(), DType::F64);
+    in.lora.ddown_b = Tensor::zeros(in.lora.down_b.shape(), DType::F64);
+  }
+  return in;
+}
+
+class MoeExpertsLoraPairs : public ::testing::TestWithParam<std::pair<bool, bool>> {};
+
+TEST_P(MoeExpertsLoraPairs, ForwardEqualsTheMergedWeights) {
+  const auto [up, down] = GetParam();
+  const ExpertsLoraInputs in = random_experts_lora(up, down, 300);
+  const MoeExpertsLora& l = in.lora;
+  const Tensor up_w = up ? merged(in.base.up, l.up_a, l.up_b, l.scale) : in.base.up;
+  const Tensor down_w = down ? merged(in.base.down, l.down_a, l.down_b, l.scale) : in.base.down;
+  Tensor out = Tensor::empty(in.base.h.shape(), DType::F64);
+  MoeExpertsCache cache;
+  moe_experts_forward(in.base.h, in.base.up, in.base.down, in.base.idx, in.base.w, out, cache, l);
+  const std::vector<double> ref = naive_experts(in.base.h, up_w, down_w, in.base.idx, in.base.w);
+  for (int64_t i = 0; i < out.numel(); ++i)
+    EXPECT_NEAR(out.data<double>()[i], ref[i], 1e-10 * (1 + std::fabs(ref[i])));
+}
+
+TEST_P(MoeExpertsLoraPairs, GradientsOfAFrozenBaseMatchFiniteDifferences) {
+  const auto [up, down] = GetParam();
+  ExpertsLoraInputs in = random_experts_lora(up, down, 310);
+  ExpertsInputs& b = in.base;
+  Tensor weights = random_tensor(b.h.shape(), 311);
+  const auto loss = [&] {
+    Tensor out = Tensor::empty(b.h.shape(), DType::F64);
+    MoeExpertsCache c;
+    moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, c, in.lora);
+    return dot(out, weights);
+  };
+  Tensor out = Tensor::empty(b.h.shape(), DType::F64);
+  MoeExpertsCache cache;
+  moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, cache, in.lora);
+  Tensor dh = Tensor::empty(b.h.shape(), DType::F64), dtopk_w = Tensor::empty(b.w.shape(), DType::F64);
+  Tensor frozen;  // no gradient for the base experts
+  moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, weights, dh, frozen, frozen, dtopk_w,
+                       in.lora);
+  expect_grad_close("h", b.h, dh, loss);
+  expect_grad_close("topk_w", b.w, dtopk_w, loss);
+  if (up) {
+    expect_grad_close("up_a", in.lora.up_a, in.lora.dup_a, loss);
+    expect_grad_close("up_b", in.lora.up_b, in.lora.dup_b, loss);
+  }
+  if (down) {
+    expect_grad_close("down_a", in.lora.down_a, in.lora.ddown_a, loss);
+    expect_grad_close("down_b", in.lora.down_b, in.lora.ddown_b, loss);
+  }
+  // With the base's gradients requested too, they are those of the merged weights.
+  Tensor dup = Tensor::zeros(b.up.shape(), DType::F64), ddown = Tensor::zeros(b.down.shape(), DType::F64);
+  moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, weights, dh, dup, ddown, dtopk_w,
+                       in.lora);
+  expect_grad_close("up", b.up, dup, loss);
+  expect_grad_close("down", b.down, ddown, loss);
+}
+
+INSTANTIATE_TEST_SUITE_P(UpDownBoth, MoeExpertsLoraPairs,
+                         ::testing::Values(std::pair{true, false}, std::pair{false, true},
+                                           std::pair{true, true}));
+
+TEST(MoeExpertsLora, RejectsMisshapenPairsAndMissingGradients) {
+  ExpertsLoraInputs in = random_experts_lora(true, true, 320);
+  ExpertsInputs& b = in.base;
+  Tensor out = Tensor::empty(b.h.shape(), DType::F64);
+  MoeExpertsCache cache;
+  MoeExpertsLora bad = in.lora;
+  bad.up_b = random_tensor({5, 6, 2}, 321);  // [E, Din, r] where [E, I, r] belongs
+  EXPECT_THROW(moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, cache, bad), Error);
+  bad = in.lora;
+  bad.down_b = Tensor();
+  EXPECT_THROW(moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, cache, bad), Error);
+  moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, cache, in.lora);
+  bad = in.lora;
+  bad.dup_a = Tensor();
+  Tensor dh = Tensor::empty(b.h.shape(), DType::F64), dtw = Tensor::empty(b.w.shape(), DType::F64),
+         none;
+  EXPECT_THROW(moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, out, dh, none, none, dtw,
+                                    bad),
+               Error);
+}
+
 TEST(MoeLoad, CountsRoutedPairsPerExpert) {
   const Tensor idx = random_topk_idx(23, 3, 7, 4, 300);
   Tensor load = Tensor::empty({7}, DType::I64);

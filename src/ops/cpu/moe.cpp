@@ -10,6 +10,36 @@
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/parallel.h"
 
+namespace nh {
+
+void check_experts_lora(const MoeExpertsLora& lora, const Tensor& up, bool backward) {
+  const int64_t e = up.size(0), inter = up.size(1), din = up.size(2);
+  auto check_pair = [&](const Tensor& a, const Tensor& b, const Tensor& da, const Tensor& db,
+                        int64_t out, int64_t in, const char* name) {
+    if (!a.defined() && !b.defined()) return;
+    const int64_t r = a.defined() && a.ndim() == 3 ? a.size(1) : -1;
+    if (r < 1 || a.shape() != Shape{e, r, in} || !b.defined() || b.shape() != Shape{e, out, r})
+      throw Error("moe experts lora", name,
+                  "a [E, r, " + std::to_string(in) + "] and b [E, " + std::to_string(out) +
+                      ", r] with E = " + std::to_string(e),
+                  "a " + shape_str(a.shape()) + ", b " + shape_str(b.shape()));
+    for (const Tensor* t : {&a, &b, &da, &db})
+      if (t->defined() && (t->dtype() != up.dtype() || t->device() != up.device()))
+        throw Error("moe experts lora", name, std::string("the experts' dtype and device"),
+                    std::string(dtype_name(t->dtype())) +
+                        (t->device() == up.device() ? "" : " on another device"));
+    if (backward && (!da.defined() || !db.defined()))
+      throw Error("moe experts lora", std::string(name) + " gradients", "defined", "undefined");
+    if ((da.defined() && da.shape() != a.shape()) || (db.defined() && db.shape() != b.shape()))
+      throw Error("moe experts lora", std::string(name) + " gradients", "the factors' shapes",
+                  shape_str(da.shape()) + ", " + shape_str(db.shape()));
+  };
+  check_pair(lora.up_a, lora.up_b, lora.dup_a, lora.dup_b, inter, din, "up");
+  check_pair(lora.down_a, lora.down_b, lora.ddown_a, lora.ddown_b, din, inter, "down");
+}
+
+}  // namespace nh
+
 namespace nh::cpu {
 
 namespace {
@@ -184,17 +214,78 @@ void relu2(const T* pre, int64_t n, T* act) {
   for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > T(0) ? pre[i] * pre[i] : T(0);
 }
 
+// The LoRA factors of moe_experts_forward/backward as pointers (null where a pair is absent).
+template <class T>
+struct ExpertsLora {
+  const T *up_a = nullptr, *up_b = nullptr, *down_a = nullptr, *down_b = nullptr;
+  T *dup_a = nullptr, *dup_b = nullptr, *ddown_a = nullptr, *ddown_b = nullptr;
+  int64_t r_up = 0, r_down = 0;
+  T scale = T(1);
+};
+
+template <class T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+template <class T>
+T* mutable_or_null(const Tensor& t) {
+  return t.defined() ? const_cast<T*>(t.data<T>()) : nullptr;
+}
+
+template <class T>
+ExpertsLora<T> lora_pointers(const MoeExpertsLora& l, bool grads) {
+  ExpertsLora<T> p;
+  p.up_a = data_or_null<T>(l.up_a);
+  p.up_b = data_or_null<T>(l.up_b);
+  p.down_a = data_or_null<T>(l.down_a);
+  p.down_b = data_or_null<T>(l.down_b);
+  p.r_up = l.up_a.defined() ? l.up_a.size(1) : 0;
+  p.r_down = l.down_a.defined() ? l.down_a.size(1) : 0;
+  p.scale = T(l.scale);
+  if (grads) {
+    p.dup_a = mutable_or_null<T>(l.dup_a);
+    p.dup_b = mutable_or_null<T>(l.dup_b);
+    p.ddown_a = mutable_or_null<T>(l.ddown_a);
+    p.ddown_b = mutable_or_null<T>(l.ddown_b);
+  }
+  return p;
+}
+
+// y[m, n] += s · (x[m, k] · a[r, k]ᵀ) · b[n, r]ᵀ, with xa [m, r] scratch.
+template <class T>
+void add_low_rank(const T* x, const T* a, const T* b, T s, int64_t m, int64_t n, int64_t k,
+                  int64_t r, T* xa, T* y) {
+  gemm<T>(false, true, m, r, k, T(1), x, k, a, k, T(0), xa, r);
+  gemm<T>(false, true, m, n, r, s, xa, r, b, r, T(1), y, n);
+}
+
+// The gradients of y += s · (x · aᵀ) · bᵀ for one expert's m rows: g = dy · b [m, r] (returned
+// for the input gradient), db [n, r] += s · dyᵀ · (x · aᵀ), da [r, k] += s · gᵀ · x.
+template <class T>
+void low_rank_grads(const T* x, const T* a, const T* b, const T* dy, T s, int64_t m, int64_t n,
+                    int64_t k, int64_t r, T* xa, T* g, T* da, T* db) {
+  gemm<T>(false, true, m, r, k, T(1), x, k, a, k, T(0), xa, r);
+  gemm<T>(false, false, m, r, n, T(1), dy, n, b, r, T(0), g, r);
+  gemm<T>(true, false, n, r, m, s, dy, n, xa, r, T(1), db, r);
+  gemm<T>(true, false, r, k, m, s, g, r, x, k, T(1), da, k);
+}
+
 template <class T>
 void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, const ExpertsShape& s,
                      const int64_t* offsets, const int64_t* row_source, const int64_t* row_of,
-                     T* out, T* pre) {
+                     const ExpertsLora<T>& lora, T* out, T* pre) {
   const int64_t n_rows = s.n_tokens * s.k;
   std::vector<T> rows(size_t(n_rows * s.dim)), act(size_t(n_rows * s.inter));
+  std::vector<T> xa(size_t(n_rows * std::max(lora.r_up, lora.r_down)));
   gather_rows(h, row_source, n_rows, s.k, s.dim, rows.data());
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     gemm<T>(false, true, m, s.inter, s.dim, T(1), rows.data() + r0 * s.dim, s.dim,
             up + e * s.inter * s.dim, s.dim, T(0), pre + r0 * s.inter, s.inter);
+    if (lora.up_a)
+      add_low_rank(rows.data() + r0 * s.dim, lora.up_a + e * lora.r_up * s.dim,
+                   lora.up_b + e * s.inter * lora.r_up, lora.scale, m, s.inter, s.dim, lora.r_up,
+                   xa.data(), pre + r0 * s.inter);
   }
   relu2(pre, n_rows * s.inter, act.data());
   // The expert outputs reuse the gathered input rows: both are [rows, Din].
@@ -202,6 +293,10 @@ void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, co
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     gemm<T>(false, true, m, s.dim, s.inter, T(1), act.data() + r0 * s.inter, s.inter,
             down + e * s.dim * s.inter, s.inter, T(0), rows.data() + r0 * s.dim, s.dim);
+    if (lora.down_a)
+      add_low_rank(act.data() + r0 * s.inter, lora.down_a + e * lora.r_down * s.inter,
+                   lora.down_b + e * s.dim * lora.r_down, lora.scale, m, s.dim, s.inter,
+                   lora.r_down, xa.data(), rows.data() + r0 * s.dim);
   }
 #pragma omp parallel for if (s.n_tokens * s.dim >= kMinParallelWork)
   for (int64_t t = 0; t < s.n_tokens; ++t) {
@@ -218,54 +313,84 @@ void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, co
 template <class T>
 void experts_backward(const T* h, const T* up, const T* down, const T* topk_w,
                       const ExpertsShape& s, const int64_t* offsets, const int64_t* row_source,
-                      const int64_t* row_of, const T* pre, const T* dout, T* dh, T* dup, T* ddown,
-                      T* dtopk_w) {
+                      const int64_t* row_of, const T* pre, const T* dout,
+                      const ExpertsLora<T>& lora, T* dh, T* dup, T* ddown, T* dtopk_w) {
   const int64_t n_rows = s.n_tokens * s.k;
   std::vector<T> rows(size_t(n_rows * s.dim)), drows(size_t(n_rows * s.dim));
   std::vector<T> act(size_t(n_rows * s.inter)), dact(size_t(n_rows * s.inter));
+  // LoRA scratch: [m, r] products of one expert.
+  const int64_t r_max = std::max(lora.r_up, lora.r_down);
+  std::vector<T> xa(size_t(n_rows * r_max)), g(size_t(n_rows * r_max));
   gather_rows(h, row_source, n_rows, s.k, s.dim, rows.data());
   gather_rows(dout, row_source, n_rows, s.k, s.dim, drows.data());
   relu2(pre, n_rows * s.inter, act.data());
-  // dact = dout · down[e], before the routing weight.
+  // dact = dout · (down[e] + s · down_b[e] · down_a[e]), before the routing weight.
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     gemm<T>(false, false, m, s.inter, s.dim, T(1), drows.data() + r0 * s.dim, s.dim,
             down + e * s.dim * s.inter, s.inter, T(0), dact.data() + r0 * s.inter, s.inter);
+    if (!lora.down_a) continue;
+    gemm<T>(false, false, m, lora.r_down, s.dim, T(1), drows.data() + r0 * s.dim, s.dim,
+            lora.down_b + e * s.dim * lora.r_down, lora.r_down, T(0), g.data(), lora.r_down);
+    gemm<T>(false, false, m, s.inter, lora.r_down, lora.scale, g.data(), lora.r_down,
+            lora.down_a + e * lora.r_down * s.inter, s.inter, T(1), dact.data() + r0 * s.inter,
+            s.inter);
   }
   // dtopk_w = dout · (down[e] · act) = dact · act. Then act becomes w·act (for ddown) and dact
   // becomes the gradient of the pre-activation, w·dact·2·relu(pre) (for dup and dh).
 #pragma omp parallel for if (n_rows * s.inter >= kMinParallelWork)
   for (int64_t r = 0; r < n_rows; ++r) {
     T* a = act.data() + r * s.inter;
-    T* g = dact.data() + r * s.inter;
+    T* gr = dact.data() + r * s.inter;
     const T* p = pre + r * s.inter;
     const T w = topk_w[row_source[r]];
     double dw = 0;
     for (int64_t i = 0; i < s.inter; ++i) {
-      dw += double(g[i]) * a[i];
+      dw += double(gr[i]) * a[i];
       a[i] *= w;
-      g[i] = p[i] > T(0) ? w * g[i] * T(2) * p[i] : T(0);
+      gr[i] = p[i] > T(0) ? w * gr[i] * T(2) * p[i] : T(0);
     }
     dtopk_w[row_source[r]] = T(dw);
   }
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m == 0) continue;
-    gemm<T>(true, false, s.dim, s.inter, m, T(1), drows.data() + r0 * s.dim, s.dim,
-            act.data() + r0 * s.inter, s.inter, T(1), ddown + e * s.dim * s.inter, s.inter);
-    gemm<T>(true, false, s.inter, s.dim, m, T(1), dact.data() + r0 * s.inter, s.inter,
-            rows.data() + r0 * s.dim, s.dim, T(1), dup + e * s.inter * s.dim, s.dim);
-    // drows is free once ddown is done: it now takes each routed row's input gradient.
-    gemm<T>(false, false, m, s.dim, s.inter, T(1), dact.data() + r0 * s.inter, s.inter,
-            up + e * s.inter * s.dim, s.dim, T(0), drows.data() + r0 * s.dim, s.dim);
+    const T* x_e = rows.data() + r0 * s.dim;
+    const T* wact_e = act.data() + r0 * s.inter;
+    const T* dpre_e = dact.data() + r0 * s.inter;
+    T* drows_e = drows.data() + r0 * s.dim;
+    if (ddown)
+      gemm<T>(true, false, s.dim, s.inter, m, T(1), drows_e, s.dim, wact_e, s.inter, T(1),
+              ddown + e * s.dim * s.inter, s.inter);
+    if (lora.down_a) {
+      const int64_t r = lora.r_down;
+      low_rank_grads(wact_e, lora.down_a + e * r * s.inter, lora.down_b + e * s.dim * r, drows_e,
+                     lora.scale, m, s.dim, s.inter, r, xa.data(), g.data(),
+                     lora.ddown_a + e * r * s.inter, lora.ddown_b + e * s.dim * r);
+    }
+    if (dup)
+      gemm<T>(true, false, s.inter, s.dim, m, T(1), dpre_e, s.inter, x_e, s.dim, T(1),
+              dup + e * s.inter * s.dim, s.dim);
+    // drows is free once the down gradients are done: it now takes each routed row's input
+    // gradient.
+    gemm<T>(false, false, m, s.dim, s.inter, T(1), dpre_e, s.inter, up + e * s.inter * s.dim,
+            s.dim, T(0), drows_e, s.dim);
+    if (lora.up_a) {
+      const int64_t r = lora.r_up;
+      const T* a = lora.up_a + e * r * s.dim;
+      low_rank_grads(x_e, a, lora.up_b + e * s.inter * r, dpre_e, lora.scale, m, s.inter, s.dim,
+                     r, xa.data(), g.data(), lora.dup_a + e * r * s.dim,
+                     lora.dup_b + e * s.inter * r);
+      gemm<T>(false, false, m, s.dim, r, lora.scale, g.data(), r, a, s.dim, T(1), drows_e, s.dim);
+    }
   }
 #pragma omp parallel for if (s.n_tokens * s.dim >= kMinParallelWork)
   for (int64_t t = 0; t < s.n_tokens; ++t) {
-    T* g = dh + t * s.dim;
-    std::fill_n(g, s.dim, T(0));
+    T* gr = dh + t * s.dim;
+    std::fill_n(gr, s.dim, T(0));
     for (int64_t j = 0; j < s.k; ++j) {
       const T* y = drows.data() + row_of[t * s.k + j] * s.dim;
-      for (int64_t d = 0; d < s.dim; ++d) g[d] += y[d];
+      for (int64_t d = 0; d < s.dim; ++d) gr[d] += y[d];
     }
   }
 }
@@ -325,8 +450,9 @@ void moe_route_backward(const Tensor& u, const Tensor& gate_w, const Tensor& top
 
 void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                          const Tensor& topk_idx, const Tensor& topk_w, Tensor& out,
-                         MoeExpertsCache& cache) {
+                         MoeExpertsCache& cache, const MoeExpertsLora& lora) {
   const ExpertsShape s = check_experts(h, up, down, topk_idx, topk_w);
+  check_experts_lora(lora, up, false);
   expect_shape(out, h.shape(), "moe experts out");
   expect_dtype(out, h.dtype(), "moe experts out");
   const int64_t n_rows = s.n_tokens * s.k;
@@ -341,15 +467,17 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
     using T = decltype(zero);
     experts_forward<T>(h.data<T>(), up.data<T>(), down.data<T>(), topk_w.data<T>(), s,
                        cache.expert_offsets.data<int64_t>(), cache.row_source.data<int64_t>(),
-                       cache.row_of.data<int64_t>(), out.data<T>(), cache.pre.data<T>());
+                       cache.row_of.data<int64_t>(), lora_pointers<T>(lora, false), out.data<T>(),
+                       cache.pre.data<T>());
   });
 }
 
 void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
                           const Tensor& topk_idx, const Tensor& topk_w,
                           const MoeExpertsCache& cache, const Tensor& dout, Tensor& dh, Tensor& dup,
-                          Tensor& ddown, Tensor& dtopk_w) {
+                          Tensor& ddown, Tensor& dtopk_w, const MoeExpertsLora& lora) {
   const ExpertsShape s = check_experts(h, up, down, topk_idx, topk_w);
+  check_experts_lora(lora, up, true);
   const int64_t n_rows = s.n_tokens * s.k;
   expect_shape(cache.expert_offsets, {s.n_experts + 1}, "moe experts cache offsets");
   expect_shape(cache.row_source, {n_rows}, "moe experts cache row_source");
@@ -357,18 +485,19 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
   expect_shape(cache.pre, {n_rows, s.inter}, "moe experts cache pre");
   expect_shape(dout, h.shape(), "moe experts dout");
   expect_shape(dh, h.shape(), "moe experts dh");
-  expect_shape(dup, up.shape(), "moe experts dup");
-  expect_shape(ddown, down.shape(), "moe experts ddown");
+  if (dup.defined()) expect_shape(dup, up.shape(), "moe experts dup");
+  if (ddown.defined()) expect_shape(ddown, down.shape(), "moe experts ddown");
   expect_shape(dtopk_w, topk_w.shape(), "moe experts dtopk_w");
   for (const Tensor* t :
        std::initializer_list<const Tensor*>{&cache.pre, &dout, &dh, &dup, &ddown, &dtopk_w})
-    expect_dtype(*t, h.dtype(), "moe experts backward");
+    if (t->defined()) expect_dtype(*t, h.dtype(), "moe experts backward");
   with_float_type(h.dtype(), [&](auto zero) {
     using T = decltype(zero);
     experts_backward<T>(h.data<T>(), up.data<T>(), down.data<T>(), topk_w.data<T>(), s,
                         cache.expert_offsets.data<int64_t>(), cache.row_source.data<int64_t>(),
                         cache.row_of.data<int64_t>(), cache.pre.data<T>(), dout.data<T>(),
-                        dh.data<T>(), dup.data<T>(), ddown.data<T>(), dtopk_w.data<T>());
+                        lora_pointers<T>(lora, true), dh.data<T>(), mutable_or_null<T>(dup),
+                        mutable_or_null<T>(ddown), dtopk_w.data<T>());
   });
 }
 

@@ -449,6 +449,31 @@ void combine_routed_rows(const T* rows, const int64_t* row_of, const W* topk_w, 
   NH_CUDA_CHECK_LAUNCH();
 }
 
+// y[m, n] += s · (x[m, k] · a[r, k]ᵀ) · b[n, r]ᵀ, with xa [m, r] scratch (one expert's LoRA).
+void add_low_rank(const void* x, const void* a, const void* b, float s, int64_t m, int64_t n,
+                  int64_t k, int64_t r, void* xa, void* y, DType dt) {
+  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
+  gemm(false, true, m, n, r, s, xa, r, b, r, 1.f, y, n, dt);
+}
+
+// The gradients of y += s · (x · aᵀ) · bᵀ over one expert's m rows: g = dy · b [m, r] (left for
+// the input gradient), db [n, r] += s · dyᵀ · (x · aᵀ), da [r, k] += s · gᵀ · x.
+void low_rank_grads(const void* x, const void* a, const void* b, const void* dy, float s,
+                    int64_t m, int64_t n, int64_t k, int64_t r, void* xa, void* g, void* da,
+                    void* db, DType dt) {
+  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
+  gemm(false, false, m, r, n, 1.f, dy, n, b, r, 0.f, g, r, dt);
+  gemm(true, false, n, r, m, s, dy, n, xa, r, 1.f, db, r, dt);
+  gemm(true, false, r, k, m, s, g, r, x, k, 1.f, da, k, dt);
+}
+
+// Element `elements` of t (a LoRA factor or its gradient) as a device pointer.
+char* at(const Tensor& t, int64_t elements) {
+  return static_cast<char*>(t.raw()) + elements * int64_t(dtype_size(t.dtype()));
+}
+
+int64_t lora_rank(const Tensor& a) { return a.defined() ? a.size(1) : 0; }
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -551,8 +576,9 @@ void moe_route_backward(const Tensor& u, const Tensor& gate_w, const Tensor& top
 
 void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                          const Tensor& topk_idx, const Tensor& topk_w, Tensor& out,
-                         MoeExpertsCache& cache) {
+                         MoeExpertsCache& cache, const MoeExpertsLora& lora) {
   const ExpertsShape s = check_experts(h, up, down, topk_idx, topk_w);
+  check_experts_lora(lora, up, false);
   require_cuda(out, "moe experts", "out");
   expect_shape(out, h.shape(), "moe experts out");
   expect_dtype(out, h.dtype(), "moe experts out");
@@ -572,12 +598,19 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
     T* rows_p = ptr<T>(rows);
     T* act_p = ptr<T>(act);
     T* pre_p = ptr<T>(cache.pre);
+    const int64_t r_up = lora_rank(lora.up_a), r_down = lora_rank(lora.down_a);
+    const float ls = float(lora.scale);
+    Tensor xa = Tensor::empty({n_rows * std::max(r_up, r_down)}, dt, Device::CUDA);
     gather_routed_rows(ptr<T>(h), ptr<int64_t>(cache.row_source), n_rows, s.k, s.dim, rows_p);
     for (int64_t e = 0; e < s.n_experts; ++e) {
       const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
       if (m == 0) continue;
       gemm(false, true, m, s.inter, s.dim, 1.f, rows_p + r0 * s.dim, s.dim,
            ptr<T>(up) + e * s.inter * s.dim, s.dim, 0.f, pre_p + r0 * s.inter, s.inter, dt);
+      if (r_up)
+        add_low_rank(rows_p + r0 * s.dim, at(lora.up_a, e * r_up * s.dim),
+                     at(lora.up_b, e * s.inter * r_up), ls, m, s.inter, s.dim, r_up, xa.raw(),
+                     pre_p + r0 * s.inter, dt);
     }
     if (n_rows * s.inter > 0) {
       relu_squared_kernel<T><<<blocks_for(n_rows * s.inter, kThreads), kThreads, 0, stream()>>>(
@@ -590,6 +623,10 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
       if (m == 0) continue;
       gemm(false, true, m, s.dim, s.inter, 1.f, act_p + r0 * s.inter, s.inter,
            ptr<T>(down) + e * s.dim * s.inter, s.inter, 0.f, rows_p + r0 * s.dim, s.dim, dt);
+      if (r_down)
+        add_low_rank(act_p + r0 * s.inter, at(lora.down_a, e * r_down * s.inter),
+                     at(lora.down_b, e * s.dim * r_down), ls, m, s.dim, s.inter, r_down,
+                     xa.raw(), rows_p + r0 * s.dim, dt);
     }
     with_weight_type<T>(topk_w, [&](auto w) {
       using W = decltype(w);
@@ -602,16 +639,16 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
 void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
                           const Tensor& topk_idx, const Tensor& topk_w,
                           const MoeExpertsCache& cache, const Tensor& dout, Tensor& dh, Tensor& dup,
-                          Tensor& ddown, Tensor& dtopk_w) {
+                          Tensor& ddown, Tensor& dtopk_w, const MoeExpertsLora& lora) {
   const ExpertsShape s = check_experts(h, up, down, topk_idx, topk_w);
+  check_experts_lora(lora, up, true);
+  for (const Tensor* t : {&dup, &ddown}) require_cuda(*t, "moe experts", "base gradient");
   require_all_cuda({{&cache.expert_offsets, "cache.expert_offsets"},
                     {&cache.row_source, "cache.row_source"},
                     {&cache.row_of, "cache.row_of"},
                     {&cache.pre, "cache.pre"},
                     {&dout, "dout"},
                     {&dh, "dh"},
-                    {&dup, "dup"},
-                    {&ddown, "ddown"},
                     {&dtopk_w, "dtopk_w"}},
                    "moe experts");
   const int64_t n_rows = s.n_tokens * s.k;
@@ -623,11 +660,11 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     expect_dtype(*t, DType::I64, "moe experts cache");
   expect_shape(dout, h.shape(), "moe experts dout");
   expect_shape(dh, h.shape(), "moe experts dh");
-  expect_shape(dup, up.shape(), "moe experts dup");
-  expect_shape(ddown, down.shape(), "moe experts ddown");
+  if (dup.defined()) expect_shape(dup, up.shape(), "moe experts dup");
+  if (ddown.defined()) expect_shape(ddown, down.shape(), "moe experts ddown");
   expect_shape(dtopk_w, topk_w.shape(), "moe experts dtopk_w");
   for (const Tensor* t : std::initializer_list<const Tensor*>{&cache.pre, &dout, &dh, &dup, &ddown})
-    expect_dtype(*t, h.dtype(), "moe experts backward");
+    if (t->defined()) expect_dtype(*t, h.dtype(), "moe experts backward");
   expect_dtype(dtopk_w, topk_w.dtype(), "moe experts dtopk_w");
   if (n_rows == 0 || s.dim == 0) {
     // Nothing was routed or every row is empty: dh and dtopk_w are sums of nothing.
@@ -650,15 +687,26 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     T* act_p = ptr<T>(act);
     T* dact_p = ptr<T>(dact);
     const int64_t* row_source = ptr<int64_t>(cache.row_source);
+    const int64_t r_up = lora_rank(lora.up_a), r_down = lora_rank(lora.down_a);
+    const float ls = float(lora.scale);
+    const int64_t r_max = std::max(r_up, r_down);
+    Tensor xa = Tensor::empty({n_rows * r_max}, dt, Device::CUDA),
+           g = Tensor::empty({n_rows * r_max}, dt, Device::CUDA);
     gather_routed_rows(ptr<T>(h), row_source, n_rows, s.k, s.dim, rows_p);
     gather_routed_rows(ptr<T>(dout), row_source, n_rows, s.k, s.dim, drows_p);
-    // dact = dout · down[e], before the routing weight (k = Din > 0 here, so every row is
-    // written).
+    // dact = dout · (down[e] + s · down_b[e] · down_a[e]), before the routing weight (k = Din > 0
+    // here, so every row is written).
     for (int64_t e = 0; e < s.n_experts; ++e) {
       const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
       if (m == 0) continue;
       gemm(false, false, m, s.inter, s.dim, 1.f, drows_p + r0 * s.dim, s.dim,
            ptr<T>(down) + e * s.dim * s.inter, s.inter, 0.f, dact_p + r0 * s.inter, s.inter, dt);
+      if (!r_down) continue;
+      gemm(false, false, m, r_down, s.dim, 1.f, drows_p + r0 * s.dim, s.dim,
+           at(lora.down_b, e * s.dim * r_down), r_down, 0.f, g.raw(), r_down, dt);
+      gemm(false, false, m, s.inter, r_down, ls, g.raw(), r_down,
+           at(lora.down_a, e * r_down * s.inter), s.inter, 1.f, dact_p + r0 * s.inter, s.inter,
+           dt);
     }
     if (s.inter > 0) {
       const int warps = kThreads / 32;
@@ -676,13 +724,29 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     for (int64_t e = 0; e < s.n_experts; ++e) {
       const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
       if (m == 0) continue;
-      gemm(true, false, s.dim, s.inter, m, 1.f, drows_p + r0 * s.dim, s.dim, act_p + r0 * s.inter,
-           s.inter, 1.f, ptr<T>(ddown) + e * s.dim * s.inter, s.inter, dt);
-      gemm(true, false, s.inter, s.dim, m, 1.f, dact_p + r0 * s.inter, s.inter, rows_p + r0 * s.dim,
-           s.dim, 1.f, ptr<T>(dup) + e * s.inter * s.dim, s.dim, dt);
-      // drows is free once ddown is done: it now takes each routed row's input gradient.
+      if (ddown.defined())
+        gemm(true, false, s.dim, s.inter, m, 1.f, drows_p + r0 * s.dim, s.dim,
+             act_p + r0 * s.inter, s.inter, 1.f, ptr<T>(ddown) + e * s.dim * s.inter, s.inter, dt);
+      if (r_down)
+        low_rank_grads(act_p + r0 * s.inter, at(lora.down_a, e * r_down * s.inter),
+                       at(lora.down_b, e * s.dim * r_down), drows_p + r0 * s.dim, ls, m, s.dim,
+                       s.inter, r_down, xa.raw(), g.raw(), at(lora.ddown_a, e * r_down * s.inter),
+                       at(lora.ddown_b, e * s.dim * r_down), dt);
+      if (dup.defined())
+        gemm(true, false, s.inter, s.dim, m, 1.f, dact_p + r0 * s.inter, s.inter,
+             rows_p + r0 * s.dim, s.dim, 1.f, ptr<T>(dup) + e * s.inter * s.dim, s.dim, dt);
+      // drows is free once the down gradients are done: it now takes each routed row's input
+      // gradient.
       gemm(false, false, m, s.dim, s.inter, 1.f, dact_p + r0 * s.inter, s.inter,
            ptr<T>(up) + e * s.inter * s.dim, s.dim, 0.f, drows_p + r0 * s.dim, s.dim, dt);
+      if (r_up) {
+        low_rank_grads(rows_p + r0 * s.dim, at(lora.up_a, e * r_up * s.dim),
+                       at(lora.up_b, e * s.inter * r_up), dact_p + r0 * s.inter, ls, m, s.inter,
+                       s.dim, r_up, xa.raw(), g.raw(), at(lora.dup_a, e * r_up * s.dim),
+                       at(lora.dup_b, e * s.inter * r_up), dt);
+        gemm(false, false, m, s.dim, r_up, ls, g.raw(), r_up, at(lora.up_a, e * r_up * s.dim),
+             s.dim, 1.f, drows_p + r0 * s.dim, s.dim, dt);
+      }
     }
     combine_routed_rows<T, T>(drows_p, ptr<int64_t>(cache.row_of), nullptr, s.n_tokens, s.k,
                               s.dim, ptr<T>(dh));
