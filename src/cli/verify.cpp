@@ -6,19 +6,21 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "cli/commands.h"
 #include "core/device_select.h"
 #include "core/cuda_memory.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/peft_adapter.h"
 
 namespace nh::cli {
 
 namespace {
 
 struct Options {
-  std::string model, reference, device = "cpu", dtype;
+  std::string model, adapter, reference, device = "cpu", dtype;
   double rtol = 0, grad_rtol = 0;  // 0: the default of the compute dtype
 };
 
@@ -42,13 +44,20 @@ int64_t layer_of(const std::string& canonical) {
   return std::stoll(canonical.substr(7));
 }
 
+// The model of --model, with the adapter of --adapter attached when given.
+Model load_model(const Options& o) {
+  Model m = Model::load(o.model);
+  if (!o.adapter.empty()) m.attach_adapter(load_peft_adapter(o.adapter, m.config()));
+  return m;
+}
+
 // The deepest MoE layer whose routing in `model`'s last forward differs from the fp32 CPU
 // model's on the same tokens (-1 when none); prints each layer's moved (token, expert) pairs.
-int64_t deepest_routing_move(const Model& model, const std::string& dir, const Tensor& ids,
+int64_t deepest_routing_move(const Model& model, const Options& o, const Tensor& ids,
                              const Tensor& targets) {
   const auto loads = model.expert_loads();
   if (loads.empty()) return -1;
-  Model fp32 = Model::load(dir);
+  Model fp32 = load_model(o);
   Tensor none;
   fp32.forward(ids, targets, none, none);
   const auto want = fp32.expert_loads();
@@ -111,7 +120,7 @@ int run(Options o) {
   const bool bf16 = dtype == DType::BF16;
   if (o.rtol <= 0) o.rtol = bf16 ? kBf16Rtol : kFp32Rtol;
   if (o.grad_rtol <= 0) o.grad_rtol = bf16 ? kBf16GradRtol : kFp32GradRtol;
-  Model model = Model::load(o.model);
+  Model model = load_model(o);
   if (device != Device::CPU) model.to(device, dtype);
   SafetensorsFile ref(o.reference);
   for (const char* name : {"input_ids", "labels", "logits", "loss"})
@@ -134,7 +143,7 @@ int run(Options o) {
   if (device == Device::CUDA) cuda_synchronize();
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  const int64_t moved_below = bf16 ? deepest_routing_move(model, o.model, ids, targets) : -1;
+  const int64_t moved_below = bf16 ? deepest_routing_move(model, o, ids, targets) : -1;
   const double mean_loss = loss.count ? loss.sum / double(loss.count) : 0.0;
 
   int failed = 0, checked = 0;
@@ -148,10 +157,18 @@ int run(Options o) {
   report("logits", compare(logits, want_logits), o.rtol);
   report("loss", compare(Tensor::from(std::vector<double>{mean_loss}, {1}), ref.get("loss")),
          o.rtol);
+  // Under an adapter the reference holds the adapter's gradients, named and laid out as PEFT's.
+  std::map<std::string, Tensor> adapter_grads;
+  if (model.has_adapter())
+    for (auto& [name, t] : to_peft_tensors(model.config(), model.adapter(), model.adapter_grads()))
+      adapter_grads[name] = t;
   for (const auto& name : ref.names()) {
     if (!name.starts_with("grad/")) continue;
     const Tensor want = ref.get(name);
-    const Tensor got = find_grad(model, name.substr(5), o.reference);
+    if (model.has_adapter() && !adapter_grads.count(name.substr(5)))
+      throw Error(o.reference, name, "the name of a tensor of the adapter", "no such tensor");
+    const Tensor got = model.has_adapter() ? adapter_grads.at(name.substr(5))
+                                           : find_grad(model, name.substr(5), o.reference);
     if (got.numel() != want.numel())
       throw Error(o.reference, name, "shape " + shape_str(got.shape()), shape_str(want.shape()));
     const bool moved = layer_of(canonical_name(name.substr(5))) <= moved_below;
@@ -171,6 +188,8 @@ void add_verify(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "verify", "Check forward and backward against reference tensors from transformers");
   cmd->add_option("--model", o->model, "HF model directory")->required();
+  cmd->add_option("--adapter", o->adapter,
+                  "PEFT LoRA adapter directory: the reference then holds its gradients");
   cmd->add_option("--reference", o->reference, "safetensors file with input_ids, labels, logits, "
                                                "loss and grad/<name> tensors")
       ->required();

@@ -6,15 +6,6 @@
 
 namespace nh {
 
-namespace {
-// FNV-1a: a name hash that is the same on every platform.
-uint64_t name_hash(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
-  return h;
-}
-}  // namespace
-
 Tensor init_parameter(const ModelConfig& c, const ParamSpec& spec, uint64_t seed) {
   Rng rng(seed ^ name_hash(spec.name));
   Tensor t = Tensor::empty(spec.shape, DType::F32);

@@ -2,12 +2,21 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/params.h"
 
 namespace nh {
+
+// FNV-1a: a hash of a parameter's name that is the same on every platform, to derive its
+// random stream.
+inline uint64_t name_hash(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
+  return h;
+}
 
 // A fp32 tensor for `spec`; each parameter draws from its own stream derived from
 // (seed, name), so adding a layer does not change the others.

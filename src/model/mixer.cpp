@@ -4,14 +4,45 @@
 #include "model/mamba_mixer.h"
 #include "model/mlp_mixer.h"
 #include "model/moe_mixer.h"
+#include "model/init.h"
+#include "model/lora.h"
 #include "ops/linear.h"
+#include "ops/lora.h"
 
 namespace nh {
 
-void Linear::forward(const Tensor& x, Tensor& y) const { linear_forward(x, w, b, y); }
+LoraPair LayerParams::lora(const std::string& name) const {
+  if (!adapter_.params) return {};
+  const std::string a = lora_a_name(prefix_ + name), b = lora_b_name(prefix_ + name);
+  if (!adapter_.params->has(a)) return {};
+  return {adapter_.params->at(a), adapter_.params->at(b), adapter_.grads->at(a),
+          adapter_.grads->at(b)};
+}
+
+Linear::Linear(const LayerParams& p, const std::string& name)
+    : w(p.param(name + ".weight")),
+      b(p.optional_param(name + ".bias")),
+      dw(p.optional_grad(name + ".weight")),
+      db(p.optional_grad(name + ".bias")),
+      lora(p.lora(name)),
+      runtime(p.lora_runtime()),
+      lora_stream(name_hash(p.full_name(name))) {}
+
+namespace {
+LoraPath path_of(const Linear& l) {
+  const LoraRuntime& rt = *l.runtime;
+  return {rt.scale, rt.training ? rt.dropout : 0.0, rt.seed ^ l.lora_stream};
+}
+}  // namespace
+
+void Linear::forward(const Tensor& x, Tensor& y) const {
+  linear_forward(x, w, b, y);
+  if (lora.defined()) lora_forward(x, lora.a, lora.b, path_of(*this), y);
+}
 
 void Linear::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
   linear_backward(x, w, dy, dx, dw, db);
+  if (lora.defined()) lora_backward(x, lora.a, lora.b, path_of(*this), dy, dx, lora.da, lora.db);
 }
 
 // Layers without decoding state (MLP, MoE) run their forward on the tokens at hand.

@@ -51,12 +51,34 @@ class Mixer {
   virtual bool decode_capturable() const { return true; }
 };
 
+// The state of an attached LoRA adapter that its layers share (model/lora.h).
+struct LoraRuntime {
+  double scale = 1, dropout = 0;
+  bool training = false;  // dropout applies only while training
+  uint64_t seed = 0;      // the current micro-batch's dropout stream (Model::set_lora_dropout)
+};
+
+// An adapter's tensors and gradients while one is attached to the model.
+struct AdapterBinding {
+  ParamSet* params = nullptr;
+  ParamSet* grads = nullptr;
+  const LoraRuntime* runtime = nullptr;
+};
+
+// A LoRA pair on one weight with its gradients; all undefined when the weight has none.
+struct LoraPair {
+  Tensor a, b, da, db;
+  bool defined() const { return a.defined(); }
+};
+
 // Looks up a layer's parameters and gradients by their name under `prefix`
-// (`layers.3.mixer.`). Optional parameters (biases) come back undefined.
+// (`layers.3.mixer.`). Optional parameters (biases) and the gradients of a frozen base come back
+// undefined.
 class LayerParams {
  public:
-  LayerParams(ParamSet& params, ParamSet& grads, std::string prefix)
-      : params_(params), grads_(grads), prefix_(std::move(prefix)) {}
+  LayerParams(ParamSet& params, ParamSet& grads, std::string prefix,
+              AdapterBinding adapter = AdapterBinding())
+      : params_(params), grads_(grads), prefix_(std::move(prefix)), adapter_(adapter) {}
   Tensor param(const std::string& name) const { return params_.at(prefix_ + name); }
   Tensor grad(const std::string& name) const { return grads_.at(prefix_ + name); }
   Tensor optional_param(const std::string& name) const {
@@ -65,22 +87,28 @@ class LayerParams {
   Tensor optional_grad(const std::string& name) const {
     return grads_.has(prefix_ + name) ? grads_.at(prefix_ + name) : Tensor();
   }
+  // The adapter's pair on weight `name` (`q_proj`, `experts.up_proj`).
+  LoraPair lora(const std::string& name) const;
+  const LoraRuntime* lora_runtime() const { return adapter_.runtime; }
+  // The full name of `name` in this layer (seeds a module's dropout stream).
+  std::string full_name(const std::string& name) const { return prefix_ + name; }
 
  private:
   ParamSet& params_;
   ParamSet& grads_;
   std::string prefix_;
+  AdapterBinding adapter_;
 };
 
-// A linear layer's weight, optional bias and their gradients.
+// A linear layer's weight, optional bias, optional LoRA pair and their gradients (dw and db are
+// undefined when the base is frozen).
 struct Linear {
   Tensor w, b, dw, db;
+  LoraPair lora;
+  const LoraRuntime* runtime = nullptr;
+  uint64_t lora_stream = 0;  // this module's dropout stream, mixed with the runtime's seed
   Linear() = default;
-  Linear(const LayerParams& p, const std::string& name)
-      : w(p.param(name + ".weight")),
-        b(p.optional_param(name + ".bias")),
-        dw(p.grad(name + ".weight")),
-        db(p.optional_grad(name + ".bias")) {}
+  Linear(const LayerParams& p, const std::string& name);
   int64_t out_features() const { return w.size(0); }
   void forward(const Tensor& x, Tensor& y) const;
   void backward(const Tensor& x, const Tensor& dy, Tensor& dx);

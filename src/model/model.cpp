@@ -6,6 +6,8 @@
 #include "io/atomic_file.h"
 #include "model/init.h"
 #include "model/moe_mixer.h"
+#include "ops/cpu/gemm.h"
+#include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/rmsnorm.h"
@@ -20,19 +22,88 @@ Model::Model(ModelConfig config, ModelWeights weights)
   recompute_.assign(mixers_.size(), false);
 }
 
+namespace {
+// Under an adapter, the weights that get no gradient at all: linear weights and biases, the
+// experts, the embedding and the LM head. The rest are small and keep scratch gradients.
+bool frozen_without_grad(const std::string& name) {
+  return name.ends_with("_proj.weight") || name.ends_with("_proj.bias") ||
+         name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj") ||
+         name == "embeddings.weight" || name == "lm_head.weight";
+}
+}  // namespace
+
 void Model::bind() {
   grads_ = ParamSet();
+  adapter_grads_ = ParamSet();
   mixers_.clear();
   // Gradients for trainable parameters only (the correction bias is a buffer).
   for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases))
-    if (spec.trainable) {
+    if (spec.trainable && !(has_adapter() && frozen_without_grad(spec.name))) {
       const Tensor& p = weights_.params.at(spec.name);
       grads_.add(spec.name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
     }
+  for (const auto& name : adapter_.params.names()) {
+    const Tensor& p = adapter_.params.at(name);
+    adapter_grads_.add(name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
+  }
+  const AdapterBinding binding{&adapter_.params, &adapter_grads_, &lora_runtime_};
   for (size_t l = 0; l < config_.layers.size(); ++l) {
-    LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.");
+    LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.",
+                  has_adapter() ? binding : AdapterBinding());
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
   }
+}
+
+void Model::attach_adapter(LoraAdapter adapter) {
+  NH_CHECK(!has_adapter(), "the model already has an adapter");
+  NH_CHECK(!adapter.targets.empty(), "an adapter without targets");
+  for (const auto& name : adapter.params.names()) {
+    Tensor& t = adapter.params.at(name);
+    t = t.to(device()).to(dtype());
+  }
+  lora_runtime_ = LoraRuntime{adapter.config.scaling(), adapter.config.dropout, false, 0};
+  adapter_ = std::move(adapter);
+  bind();
+}
+
+void Model::set_lora_dropout(bool training, uint64_t seed) {
+  lora_runtime_.training = training;
+  lora_runtime_.seed = seed;
+}
+
+void Model::merge_adapter() {
+  NH_CHECK(has_adapter(), "merge_adapter needs an adapter");
+  if (device() != Device::CPU)
+    throw Error("merge", "device", "the CPU (the merged weights are written from there)", "cuda");
+  const double scale = adapter_.config.scaling();
+  for (const LoraTarget& t : adapter_.targets) {
+    Tensor& w = weights_.params.at(t.experts ? t.name : t.name + ".weight");
+    const Tensor a = adapter_.params.at(lora_a_name(t.name)).to(w.dtype());
+    const Tensor b = adapter_.params.at(lora_b_name(t.name)).to(w.dtype());
+    const int64_t r = a.size(-2), n = std::max<int64_t>(1, t.experts);
+    with_float_type(w.dtype(), [&](auto zero) {
+      using T = decltype(zero);
+      for (int64_t e = 0; e < n; ++e)  // w[e] += s · b[e] · a[e]
+        cpu::gemm<T>(false, false, t.out, t.in, r, T(scale), b.data<T>() + e * t.out * r, r,
+                     a.data<T>() + e * r * t.in, t.in, T(1), w.data<T>() + e * t.out * t.in, t.in);
+    });
+  }
+  adapter_ = LoraAdapter();
+  bind();
+}
+
+std::vector<Model::TrainableParam> Model::trainable() {
+  std::vector<TrainableParam> out;
+  if (has_adapter()) {
+    for (const auto& name : adapter_.params.names())
+      out.push_back({name, adapter_.params.at(name), adapter_grads_.at(name), true});
+    return out;
+  }
+  for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases))
+    if (spec.trainable)
+      out.push_back({spec.name, weights_.params.at(spec.name), grads_.at(spec.name),
+                     spec.weight_decay});
+  return out;
 }
 
 void Model::to(Device device, DType dtype) {
@@ -42,6 +113,10 @@ void Model::to(Device device, DType dtype) {
     Tensor t = Tensor::empty(p.shape(), spec.trainable ? dtype : DType::F32, device);
     t.copy_from(p);  // converts on whichever side it can
     moved.add(spec.name, std::move(t));
+  }
+  for (const auto& name : adapter_.params.names()) {
+    Tensor& t = adapter_.params.at(name);
+    t = t.to(device).to(dtype);
   }
   // Release the old copies before the gradients are made on the new device.
   weights_.params = ParamSet();
@@ -185,7 +260,8 @@ void Model::backward(double grad_scale) {
   const int64_t t = batch_.tokens(), d = config_.hidden_size;
 
   Tensor dfinal = Tensor::empty({t, d}, dt, dev);
-  Tensor dhead = grads_.at(weights_.tied_head ? "embeddings.weight" : "lm_head.weight");
+  const std::string head = weights_.tied_head ? "embeddings.weight" : "lm_head.weight";
+  Tensor dhead = grads_.has(head) ? grads_.at(head) : Tensor();
   lm_head_loss_backward(final_normed_, head_weight(), targets_.reshape({t}), grad_scale, dfinal,
                         dhead);
   Tensor dh = Tensor::empty({t, d}, dt, dev);
@@ -206,8 +282,10 @@ void Model::backward(double grad_scale) {
     add_inplace(dh, dx);
     resid_[l] = normed_[l] = rstd_[l] = Tensor();
   }
-  Tensor demb = grads_.at("embeddings.weight");
-  embedding_backward(ids_, dh, demb);
+  if (grads_.has("embeddings.weight")) {
+    Tensor demb = grads_.at("embeddings.weight");
+    embedding_backward(ids_, dh, demb);
+  }
   final_in_ = final_normed_ = final_rstd_ = Tensor();
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/lora.h"
 #include "model/mixer.h"
 #include "model/weight_names.h"
 #include "ops/lm_head_loss.h"
@@ -65,6 +66,29 @@ class Model {
   // decode for every row of the state, in order.
   void decode(const Tensor& ids, InferenceState& state, Tensor& logits);
 
+  // LoRA (model/lora.h). Attaching an adapter freezes the base: only the adapter's tensors get
+  // gradients (the linear weights, experts, embedding and LM head get none; the small
+  // parameters keep scratch gradients that nothing reads). The adapter moves to the model's
+  // device and dtype, and follows it through to().
+  void attach_adapter(LoraAdapter adapter);
+  bool has_adapter() const { return !adapter_.targets.empty(); }
+  const LoraAdapter& adapter() const { return adapter_; }
+  const ParamSet& adapter_grads() const { return adapter_grads_; }
+  // Dropout on the adapter's path: on while training, with a fresh seed per micro-batch (the
+  // recomputed forward and the backward of that micro-batch draw the same masks).
+  void set_lora_dropout(bool training, uint64_t seed);
+  // Folds W + s · B · A into the base weights (on the CPU) and detaches the adapter.
+  void merge_adapter();
+
+  // What the optimizer updates: the adapter's tensors when one is attached, else every
+  // trainable parameter; each with its gradient and whether weight decay applies.
+  struct TrainableParam {
+    std::string name;
+    Tensor param, grad;
+    bool decay = true;
+  };
+  std::vector<TrainableParam> trainable();
+
   // Layers of these kinds keep only their input during forward and run forward again just
   // before their backward (activation recomputation).
   void set_recompute(const std::vector<LayerKind>& kinds);
@@ -95,6 +119,9 @@ class Model {
   ModelWeights weights_;
   ParamSet grads_;
   std::string source_dir_;
+  LoraAdapter adapter_;
+  ParamSet adapter_grads_;
+  LoraRuntime lora_runtime_;
   std::vector<std::unique_ptr<Mixer>> mixers_;
   std::vector<bool> recompute_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.

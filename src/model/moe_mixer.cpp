@@ -12,11 +12,21 @@ MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
       dgate_w_(p.grad("gate.weight")),
       correction_bias_(p.param("gate.e_score_correction_bias")),
       up_(p.param("experts.up_proj")),
-      dup_(p.grad("experts.up_proj")),
+      dup_(p.optional_grad("experts.up_proj")),
       down_(p.param("experts.down_proj")),
-      ddown_(p.grad("experts.down_proj")),
+      ddown_(p.optional_grad("experts.down_proj")),
       shared_(c, p, "shared_experts.", c.moe_shared_expert_intermediate_size) {
   moe_check_route_config(route_, c.n_routed_experts);
+  const LoraPair up = p.lora("experts.up_proj"), down = p.lora("experts.down_proj");
+  if (up.defined() || down.defined()) lora_.scale = p.lora_runtime()->scale;
+  lora_.up_a = up.a;
+  lora_.up_b = up.b;
+  lora_.dup_a = up.da;
+  lora_.dup_b = up.db;
+  lora_.down_a = down.a;
+  lora_.down_b = down.b;
+  lora_.ddown_a = down.da;
+  lora_.ddown_b = down.db;
   if (latent_) {
     fc1_ = Linear(p, "fc1_latent_proj");
     fc2_ = Linear(p, "fc2_latent_proj");
@@ -44,7 +54,7 @@ void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
     fc1_.forward(u, h_);
   }
   routed_ = Tensor::empty({t, din}, dt, dev);
-  moe_experts_forward(h_, up_, down_, topk_idx_, topk_w_, routed_, cache_);
+  moe_experts_forward(h_, up_, down_, topk_idx_, topk_w_, routed_, cache_, lora_);
   load_ = Tensor::empty({e}, DType::I64, dev);
   moe_expert_load(topk_idx_, load_);
 
@@ -68,7 +78,7 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
   moe_experts_backward(h_, up_, down_, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
-                       dtopk_w);
+                       dtopk_w, lora_);
   if (latent_)
     fc1_.backward(u_, dh, du);
   else

@@ -26,6 +26,7 @@ class MoeMixer : public Mixer {
   MoeRouteConfig route_;
   bool latent_;
   Tensor gate_w_, dgate_w_, correction_bias_, up_, dup_, down_, ddown_;
+  MoeExpertsLora lora_;  // the adapter's pairs on the expert weights, if any
   Linear fc1_, fc2_;
   MlpMixer shared_;
   // Saved by forward for backward.

@@ -4,8 +4,9 @@
 //   row t is the target of position t; -100 = ignored). Loss terms in fp32 (or fp64).
 //   forward: returns Σ over non-ignored rows of (logsumexp(logits[t]) − logits[t, label]) and
 //            the number of such rows; writes logits [T, V] too when `logits` is defined.
-//   backward: dh [T, D] overwritten, dw [V, D] accumulated; each row's gradient is
-//             (softmax − onehot) · grad_scale (1/count for the mean loss). Ignored rows get 0.
+//   backward: dh [T, D] overwritten, dw [V, D] accumulated (skipped when undefined: a frozen
+//             head); each row's gradient is (softmax − onehot) · grad_scale (1/count for the
+//             mean loss). Ignored rows get 0.
 // A label outside [0, V) other than -100 is an Error.
 #pragma once
 

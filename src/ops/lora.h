@@ -5,7 +5,8 @@
 //             db[N, r] += s · dyᵀ · (drop(x) · aᵀ)
 //             da[r, K] += s · (dy · b)ᵀ · drop(x)
 // drop is dropout_forward(·, p, seed) (ops/dropout.h), the identity when p = 0; the backward
-// draws the same mask from the same seed. x may have any leading shape (M rows of K).
+// draws the same mask from the same seed. x may have any leading shape (M rows of K); y and dy
+// are any shape of M·N elements (as the linear layer's output).
 #pragma once
 
 #include <cstdint>
@@ -42,7 +43,7 @@ inline void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, con
   NH_DISPATCH(x.device(), lora_backward(x, a, b, path, dy, dx, da, db));
 }
 
-// Throws unless a [r, K] and b [N, r] fit x [..., K] and y [..., N] (shared by both backends).
+// Throws unless a [r, K] and b [N, r] fit x [..., K] and y (shared by both backends).
 void check_lora_shapes(const Tensor& x, const Tensor& a, const Tensor& b, const Tensor& y);
 
 }  // namespace nh

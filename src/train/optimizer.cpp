@@ -9,20 +9,17 @@ namespace nh {
 
 Optimizer::Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision)
     : settings_(settings) {
-  const auto& w = model.weights();
-  for (const auto& spec : param_specs(model.config(), w.tied_head, w.attention_biases)) {
-    if (!spec.trainable) continue;
-    Tensor p = model.params().at(spec.name);
+  for (const auto& t : model.trainable()) {
+    const Tensor& p = t.param;
     Tensor master;
     if (p.dtype() != DType::F32 && p.dtype() != DType::F64) {
-      const Tensor& from = full_precision ? full_precision->at(spec.name) : p;
+      const Tensor& from =
+          full_precision && full_precision->has(t.name) ? full_precision->at(t.name) : p;
       master = Tensor::empty(p.shape(), DType::F32, p.device());
       master.copy_from(from);
     }
-    slots_.push_back({spec.name, p, model.grads().at(spec.name),
-                      Tensor::zeros(p.shape(), DType::F32, p.device()),
-                      Tensor::zeros(p.shape(), DType::F32, p.device()), master,
-                      spec.weight_decay});
+    slots_.push_back({t.name, p, t.grad, Tensor::zeros(p.shape(), DType::F32, p.device()),
+                      Tensor::zeros(p.shape(), DType::F32, p.device()), master, t.decay});
   }
 }
 

@@ -103,7 +103,7 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
     throw Error("lm_head_loss", "dh",
                 std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
                 std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
-  if (dw.shape() != w.shape() || dw.dtype() != w.dtype())
+  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
     throw Error("lm_head_loss", "dw",
                 std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
                 std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
@@ -113,7 +113,7 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
     const T* wp = w.data<T>();
     const int64_t* lp = labels.data<int64_t>();
     T* dhp = dh.data<T>();
-    T* dwp = dw.data<T>();
+    T* dwp = dw.defined() ? dw.data<T>() : nullptr;
     std::vector<T> grad(size_t(std::min(kChunkRows, d.rows) * d.vocab));
     for (int64_t r0 = 0; r0 < d.rows; r0 += kChunkRows) {
       const int64_t n = std::min(kChunkRows, d.rows - r0);
@@ -139,8 +139,9 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
       }
       gemm<T>(false, false, n, d.dim, d.vocab, T(1), g, d.vocab, wp, d.dim, T(0), dhp + r0 * d.dim,
               d.dim);
-      gemm<T>(true, false, d.vocab, d.dim, n, T(1), g, d.vocab, hp + r0 * d.dim, d.dim, T(1), dwp,
-              d.dim);
+      if (dwp)
+        gemm<T>(true, false, d.vocab, d.dim, n, T(1), g, d.vocab, hp + r0 * d.dim, d.dim, T(1), dwp,
+                d.dim);
     }
   });
 }

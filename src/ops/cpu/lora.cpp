@@ -7,12 +7,11 @@
 namespace nh {
 
 void check_lora_shapes(const Tensor& x, const Tensor& a, const Tensor& b, const Tensor& y) {
-  const bool ok = a.ndim() == 2 && b.ndim() == 2 && x.ndim() >= 1 && y.ndim() >= 1 &&
-                  a.size(1) == x.size(-1) && b.size(0) == y.size(-1) && b.size(1) == a.size(0) &&
-                  x.numel() / std::max<int64_t>(1, x.size(-1)) ==
-                      y.numel() / std::max<int64_t>(1, y.size(-1));
+  const bool ok = a.ndim() == 2 && b.ndim() == 2 && x.ndim() >= 1 && a.size(1) == x.size(-1) &&
+                  b.size(1) == a.size(0) &&
+                  y.numel() == x.numel() / std::max<int64_t>(1, x.size(-1)) * b.size(0);
   if (!ok)
-    throw Error("lora", "shapes", "x [..., K], a [r, K], b [N, r], y [..., N]",
+    throw Error("lora", "shapes", "x [M, K], a [r, K], b [N, r], y of M·N elements",
                 "x " + shape_str(x.shape()) + ", a " + shape_str(a.shape()) + ", b " +
                     shape_str(b.shape()) + ", y " + shape_str(y.shape()));
   for (const Tensor* t : {&a, &b, &y})

@@ -265,7 +265,7 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
     throw Error("lm_head_loss", "dh",
                 std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
                 std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
-  if (dw.shape() != w.shape() || dw.dtype() != w.dtype())
+  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
     throw Error("lm_head_loss", "dw",
                 std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
                 std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
@@ -298,8 +298,9 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
     char* dhp = static_cast<char*>(dh.raw()) + r0 * d.dim * elem;
     gemm(false, false, n, d.dim, d.vocab, 1.f, grad.raw(), d.vocab, w.raw(), d.dim, 0.f, dhp, d.dim,
          h.dtype());
-    gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(), d.dim,
-         h.dtype());
+    if (dw.defined())
+      gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(), d.dim,
+           h.dtype());
   }
 }
 
