@@ -1,5 +1,5 @@
-// Deterministic reductions shared by the CUDA kernels: a fixed-tree block sum and the second
-// stage of two-pass parameter-gradient sums (per-chunk partials added in chunk order).
+// Deterministic reductions shared by the CUDA kernels: a fixed-tree block sum, a block max and the
+// second stage of two-pass parameter-gradient sums (per-chunk partials added in chunk order).
 #pragma once
 
 #include "ops/cuda/common.cuh"
@@ -17,6 +17,19 @@ __device__ __forceinline__ float block_sum(float v) {
   __syncthreads();
   v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.f;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Max of v over the block, returned to every thread; blockDim.x is a multiple of 32 (<= 1024).
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float warp_max[32];
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // a previous call's readers are done with warp_max
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? warp_max[lane] : -INFINITY;
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
