@@ -16,7 +16,7 @@ namespace nh::cli {
 namespace {
 
 struct Options {
-  std::string model, device = "auto", dtype, system, chat_template = "chatml";
+  std::string model, adapter, device = "auto", dtype, system, chat_template = "chatml";
   int64_t max_new_tokens = 512;
   SamplingParams sampling;
 };
@@ -48,7 +48,7 @@ std::string render(const ChatTemplate& t, const std::vector<Message>& history) {
 
 void run(const Options& o) {
   o.sampling.validate("chat");
-  LoadedModel loaded = load_for_inference(o.model, o.device, o.dtype);
+  LoadedModel loaded = load_for_inference(o.model, o.adapter, o.device, o.dtype);
   if (!loaded.tokenizer)
     throw Error(o.model, "tokenizer.json", "a tokenizer (chat needs text)", "none");
   const ChatTemplate tmpl = chat_template_by_name(o.chat_template);
@@ -93,6 +93,7 @@ void add_chat(CLI::App& app) {
   cmd->add_option("--model", o->model, "HF model directory (with tokenizer.json)")->required();
   cmd->add_option("--system", o->system, "a system message opening the conversation");
   cmd->add_option("--chat-template", o->chat_template, "chatml or plain")->capture_default_str();
+  cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter directory to apply (not merged)");
   cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "fp32, or bf16 on cuda (the default there)");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "reply length at most")

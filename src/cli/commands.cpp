@@ -20,6 +20,7 @@ void register_commands(CLI::App& app) {
   add_generate(app);
   add_chat(app);
   add_serve(app);
+  add_merge(app);
 }
 
 }  // namespace nh::cli

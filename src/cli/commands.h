@@ -20,5 +20,6 @@ void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_chat(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_merge(CLI::App& app);
 
 }  // namespace nh::cli

@@ -17,7 +17,8 @@ namespace nh::cli {
 namespace {
 
 struct Options {
-  std::string model, prompt, prompt_file, prompt_ids, batch_file, output, device = "auto", dtype;
+  std::string model, adapter, prompt, prompt_file, prompt_ids, batch_file, output,
+      device = "auto", dtype;
   int64_t max_new_tokens = 128;
   SamplingParams sampling;
   std::vector<std::string> stop;
@@ -84,7 +85,7 @@ void run(const Options& o) {
                 std::to_string(given) + " given");
   o.sampling.validate("generate");
 
-  LoadedModel loaded = load_for_inference(o.model, o.device, o.dtype);
+  LoadedModel loaded = load_for_inference(o.model, o.adapter, o.device, o.dtype);
   Model& model = loaded.model;
   const std::unique_ptr<Tokenizer>& tok = loaded.tokenizer;
   if (!tok && (!o.prompt.empty() || !o.prompt_file.empty()))
@@ -152,6 +153,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--batch-file", o->batch_file,
                   "JSONL of {\"prompt\": ...} or {\"prompt_ids\": [...]}, run as one batch");
   cmd->add_option("--output", o->output, "batch results (JSONL) to this file instead of stdout");
+  cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter directory to apply (not merged)");
   cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "fp32, or bf16 on cuda (the default there)");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "new tokens at most")

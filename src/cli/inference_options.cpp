@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/device_select.h"
+#include "model/peft_adapter.h"
 
 namespace nh::cli {
 
@@ -18,11 +19,12 @@ void add_sampling_options(CLI::App* cmd, SamplingParams& s) {
   cmd->add_flag("--logprobs", s.logprobs, "report the log-probability of each chosen token");
 }
 
-LoadedModel load_for_inference(const std::string& dir, const std::string& device_name,
-                               const std::string& dtype_name) {
+LoadedModel load_for_inference(const std::string& dir, const std::string& adapter,
+                               const std::string& device_name, const std::string& dtype_name) {
   const Device device = select_device(device_name, "--device");
   const DType dtype = select_compute_dtype(dtype_name, device, "--dtype");
   LoadedModel m{Model::load(dir), nullptr, {}};
+  if (!adapter.empty()) m.model.attach_adapter(load_peft_adapter(adapter, m.model.config()));
   if (device != Device::CPU) m.model.to(device, dtype);
   if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
     m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(dir));

@@ -22,7 +22,8 @@ struct LoadedModel {
 };
 
 // device: cpu, cuda or auto; dtype: fp32, bf16 (cuda only) or empty for the device's default.
-LoadedModel load_for_inference(const std::string& dir, const std::string& device,
-                               const std::string& dtype);
+// `adapter`: a PEFT LoRA adapter directory applied beside the base weights, or empty.
+LoadedModel load_for_inference(const std::string& dir, const std::string& adapter,
+                               const std::string& device, const std::string& dtype);
 
 }  // namespace nh::cli

@@ -19,7 +19,7 @@ namespace nh::cli {
 namespace {
 
 struct Options {
-  std::string model, host = "127.0.0.1", device = "auto", dtype, model_name,
+  std::string model, adapter, host = "127.0.0.1", device = "auto", dtype, model_name,
                      chat_template = "chatml";
   int port = 8080;
   int64_t max_batch = 8, max_context = 4096, max_tokens_limit = 2048, max_queue = 64,
@@ -42,7 +42,7 @@ void run(const Options& o) {
 
   serve::ApiContext context;
   context.chat_template = chat_template_by_name(o.chat_template);
-  LoadedModel loaded = load_for_inference(o.model, o.device, o.dtype);
+  LoadedModel loaded = load_for_inference(o.model, o.adapter, o.device, o.dtype);
   if (!loaded.tokenizer)
     throw Error(o.model, "tokenizer.json", "a tokenizer (serve answers with text)", "none");
   context.tokenizer = loaded.tokenizer.get();
@@ -93,6 +93,7 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--port", o->port, "port to listen on (0: any free port)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter directory to apply (not merged)");
   cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "fp32, or bf16 on cuda (the default there)");
   cmd->add_option("--max-batch", o->max_batch, "sequences decoded together")

@@ -46,7 +46,7 @@ void Model::bind() {
     const Tensor& p = adapter_.params.at(name);
     adapter_grads_.add(name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
   }
-  const AdapterBinding binding{&adapter_.params, &adapter_grads_, &lora_runtime_};
+  const AdapterBinding binding{&adapter_.params, &adapter_grads_, lora_runtime_.get()};
   for (size_t l = 0; l < config_.layers.size(); ++l) {
     LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.",
                   has_adapter() ? binding : AdapterBinding());
@@ -61,14 +61,19 @@ void Model::attach_adapter(LoraAdapter adapter) {
     Tensor& t = adapter.params.at(name);
     t = t.to(device()).to(dtype());
   }
-  lora_runtime_ = LoraRuntime{adapter.config.scaling(), adapter.config.dropout, false, 0};
+  *lora_runtime_ = LoraRuntime{adapter.config.scaling(), adapter.config.dropout, false, 0};
   adapter_ = std::move(adapter);
   bind();
 }
 
+void Model::zero_grads() {
+  grads_.fill_zero();
+  adapter_grads_.fill_zero();
+}
+
 void Model::set_lora_dropout(bool training, uint64_t seed) {
-  lora_runtime_.training = training;
-  lora_runtime_.seed = seed;
+  lora_runtime_->training = training;
+  lora_runtime_->seed = seed;
 }
 
 void Model::merge_adapter() {

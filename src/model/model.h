@@ -73,7 +73,10 @@ class Model {
   void attach_adapter(LoraAdapter adapter);
   bool has_adapter() const { return !adapter_.targets.empty(); }
   const LoraAdapter& adapter() const { return adapter_; }
+  ParamSet& adapter_params() { return adapter_.params; }
   const ParamSet& adapter_grads() const { return adapter_grads_; }
+  // Zeroes every gradient: the base's and the adapter's.
+  void zero_grads();
   // Dropout on the adapter's path: on while training, with a fresh seed per micro-batch (the
   // recomputed forward and the backward of that micro-batch draw the same masks).
   void set_lora_dropout(bool training, uint64_t seed);
@@ -121,7 +124,8 @@ class Model {
   std::string source_dir_;
   LoraAdapter adapter_;
   ParamSet adapter_grads_;
-  LoraRuntime lora_runtime_;
+  // On the heap: layers keep its address, which must survive moving the Model.
+  std::unique_ptr<LoraRuntime> lora_runtime_ = std::make_unique<LoraRuntime>();
   std::vector<std::unique_ptr<Mixer>> mixers_;
   std::vector<bool> recompute_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.

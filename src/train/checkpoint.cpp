@@ -11,6 +11,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/text_file.h"
+#include "model/peft_adapter.h"
 
 namespace nh {
 
@@ -54,9 +55,12 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
   try {
     fs::create_directories(root);
     fs::remove_all(tmp);
-    c.model.save(tmp.string());
+    if (c.model.has_adapter())
+      save_peft_adapter(tmp.string(), c.model.config(), c.model.adapter(), c.base_model);
+    else
+      c.model.save(tmp.string());
     std::vector<std::pair<std::string, Tensor>> state = c.optimizer.state();
-    if (needs_master(c.model))
+    if (!c.model.has_adapter() && needs_master(c.model))
       for (const auto& name : c.model.params().names())
         state.emplace_back("master/" + name, c.model.params().at(name));
     write_safetensors((tmp / "training_state.safetensors").string(), state);
@@ -92,11 +96,16 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& dir) {
-  Model model = Model::load(dir);
+LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base_model) {
+  const bool adapter = fs::exists(fs::path(dir) / "adapter_config.json");
+  if (adapter && base_model.empty())
+    throw Error(dir, "base model", "the directory of the model the adapter was trained on", "none");
+  Model model = Model::load(adapter ? base_model : dir);
+  if (adapter) model.attach_adapter(load_peft_adapter(dir, model.config()));
   SafetensorsFile state((fs::path(dir) / "training_state.safetensors").string());
-  for (const auto& name : model.params().names())
-    if (state.has("master/" + name)) model.params().at(name).copy_from(state.get("master/" + name));
+  ParamSet& restored = adapter ? model.adapter_params() : model.params();
+  for (const auto& name : restored.names())
+    if (state.has("master/" + name)) restored.at(name).copy_from(state.get("master/" + name));
   const std::string where = (fs::path(dir) / "trainer_state.json").string();
   nlohmann::json j;
   try {

@@ -41,6 +41,7 @@ DataStreamConfig stream_config(const Recipe& r, const Tokenizer& tokenizer, int6
   c.eod_id = eod ? *eod : -1;
   c.pad_id = c.eod_id >= 0 ? c.eod_id : 0;
   c.packing = all_chat ? Packing::Sft : Packing::Pretrain;
+  if (!r.sample_packing) c.pack_window = 1;  // each example alone in its row
   c.split = r.split;
   c.split_part = split_part;
   c.seed = r.seed;

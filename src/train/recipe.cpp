@@ -39,7 +39,7 @@ struct Field {
   Member member;
 };
 
-const std::array<Field, 37> kFields = {{
+const std::array<Field, 48> kFields = {{
     {"model", &Recipe::model},
     {"init_from", &Recipe::init_from},
     {"hybrid_override_pattern", &Recipe::hybrid_override_pattern},
@@ -74,6 +74,17 @@ const std::array<Field, 37> kFields = {{
     {"recompute", &Recipe::recompute},
     {"moe_router_bias_update_rate", &Recipe::moe_router_bias_update_rate},
     {"max_skipped_steps", &Recipe::max_skipped_steps},
+    {"gradient_checkpointing", &Recipe::gradient_checkpointing},
+    {"sample_packing", &Recipe::sample_packing},
+    {"adapter", &Recipe::adapter},
+    {"lora_r", &Recipe::lora_r},
+    {"lora_alpha", &Recipe::lora_alpha},
+    {"lora_dropout", &Recipe::lora_dropout},
+    {"lora_target_modules", &Recipe::lora_target_modules},
+    {"lora_target_linear", &Recipe::lora_target_linear},
+    {"lora_target_parameters", &Recipe::lora_target_parameters},
+    {"peft_use_rslora", &Recipe::peft_use_rslora},
+    {"lora_init", &Recipe::lora_init},
     {"device", &Recipe::device},
     {"out", &Recipe::out},
     {"sample_prompt", &Recipe::sample_prompt},
@@ -99,6 +110,12 @@ constexpr const char* kGranularity = "recompute_granularity";
 const std::array<const char*, 4> kDataKeys = {"path", "type", "weight", "text_key"};
 const std::array<const char*, 4> kSchedules = {"cosine", "linear", "wsd", "constant"};
 const std::array<const char*, 5> kRecomputeKinds = {"mamba", "attention", "mlp", "moe", "all"};
+
+// Keys that apply only with an adapter (given without one they are an error, and a recipe
+// without one is written without them).
+const std::array<const char*, 8> kAdapterKeys = {
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
+    "lora_target_parameters", "peft_use_rslora", "lora_init"};
 
 const Field* find_field(std::string_view key) {
   for (const Field& f : kFields)
@@ -329,6 +346,36 @@ class RecipeReader {
     non_negative(r.max_skipped_steps, "max_skipped_steps");
     need(r.device == "cpu" || r.device == "cuda" || r.device == "auto", "device",
          "one of cpu, cuda, auto", in_quotes(r.device));
+    if (!r.sample_packing)
+      for (const DataSourceSpec& d : r.data)
+        need(d.type == "chat", "sample_packing",
+             "true unless every data source is chat (pretraining rows are always packed)",
+             "false with a " + d.type + " source");
+    validate_adapter(r);
+  }
+
+  // The adapter keys: sensible values, and set only with an adapter on a pretrained model.
+  void validate_adapter(const Recipe& r) const {
+    need(r.adapter.empty() || r.adapter == "lora" || r.adapter == "qlora", "adapter",
+         "one of lora, qlora (or unset)", in_quotes(r.adapter));
+    if (r.adapter.empty()) {
+      for (const char* key : kAdapterKeys)
+        need(!where_.count(key), key, "set only with adapter: lora or qlora", "adapter unset");
+      return;
+    }
+    need(!r.init_from.empty(), "adapter", "init_from a pretrained model to adapt",
+         "init_from unset");
+    positive(r.lora_r, "lora_r");
+    need(r.lora_alpha > 0, "lora_alpha", "a number > 0", format_double(r.lora_alpha));
+    need(r.lora_dropout >= 0 && r.lora_dropout < 1, "lora_dropout", "a number in [0, 1)",
+         format_double(r.lora_dropout));
+    need(r.lora_init == "default" || r.lora_init == "gaussian", "lora_init",
+         "one of default, gaussian", in_quotes(r.lora_init));
+    need(!r.lora_target_modules.empty() || !r.lora_target_modules_regex.empty() ||
+             r.lora_target_linear || !r.lora_target_parameters.empty(),
+         "lora_target_modules",
+         "some target: lora_target_modules, lora_target_linear or lora_target_parameters",
+         "none");
   }
 
  private:
@@ -402,12 +449,29 @@ class RecipeReader {
           } else if constexpr (std::is_same_v<T, bool>) {
             r.*member = read_bool(v, where, name);
           } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
-            r.*member = read_recompute(v, where, name);
+            if (std::string_view(f.key) == "recompute")
+              r.*member = read_recompute(v, where, name);
+            else if (std::string_view(f.key) == "lora_target_modules" && v.IsScalar())
+              r.lora_target_modules_regex = read_string(v, where, name);  // PEFT's string form
+            else
+              r.*member = read_names(v, where, name);
           } else {
             r.*member = read_data(v, where, name);
           }
         },
         f.member);
+  }
+
+  // A list of names (a single name is a list of one).
+  std::vector<std::string> read_names(const YAML::Node& v, const std::string& where,
+                                      const std::string& name) const {
+    std::vector<std::string> names;
+    if (v.IsNull()) return names;
+    if (v.IsScalar()) return {v.Scalar()};
+    if (!v.IsSequence()) throw Error(where, name, "a list of names", describe(v));
+    for (size_t i = 0; i < v.size(); ++i)
+      names.push_back(read_string(v[i], where, name + "." + std::to_string(i)));
+    return names;
   }
 
   // A list of layer kinds, or one kind as a plain string.
@@ -671,6 +735,7 @@ std::string recipe_to_yaml(const Recipe& recipe) {
   YAML::Emitter out;
   out << YAML::BeginMap;
   for (const Field& f : kFields) {
+    if (recipe.adapter.empty() && contains(kAdapterKeys, f.key)) continue;
     out << YAML::Key << f.key << YAML::Value;
     std::visit(
         [&](auto member) {
@@ -680,6 +745,11 @@ std::string recipe_to_yaml(const Recipe& recipe) {
             // Shortest text that reads back to the same double.
             out << format_double(v);
           } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            if (std::string_view(f.key) == "lora_target_modules" &&
+                !recipe.lora_target_modules_regex.empty()) {
+              out << recipe.lora_target_modules_regex;
+              return;
+            }
             out << YAML::Flow << YAML::BeginSeq;
             for (const std::string& s : v) out << s;
             out << YAML::EndSeq;

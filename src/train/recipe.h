@@ -62,6 +62,21 @@ struct Recipe {
                                               // mamba, attention, mlp, moe, or all
   double moe_router_bias_update_rate = 1e-3;  // aux-loss-free balancing; 0 disables
   int64_t max_skipped_steps = 10;             // non-finite steps in a row before stopping
+  bool gradient_checkpointing = false;        // recompute every layer (as recompute: all)
+  bool sample_packing = true;  // SFT: pack several examples per row (false: one per row)
+
+  // Adapters (axolotl's keys; model/lora.h): only the adapter trains, the base stays frozen.
+  std::string adapter;  // "", lora, or qlora
+  int64_t lora_r = 8;
+  double lora_alpha = 16;
+  double lora_dropout = 0;
+  std::vector<std::string> lora_target_modules;  // names or dotted suffixes, as PEFT matches
+  std::string lora_target_modules_regex;         // lora_target_modules given as one string
+  bool lora_target_linear = false;               // every linear module but the LM head
+  std::vector<std::string> lora_target_parameters;  // expert weights: experts.up_proj, ...
+  bool peft_use_rslora = false;                     // scale alpha / √r instead of alpha / r
+  std::string lora_init = "default";                // default (Kaiming-uniform A) or gaussian
+
   std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
   std::string out = "runs/run";
   std::string sample_prompt;  // a short generation at the end of the run, when set

@@ -52,7 +52,7 @@ class StopSignals {
 std::vector<LayerKind> recompute_kinds(const Recipe& r) {
   std::vector<LayerKind> kinds;
   for (const auto& k : r.recompute) {
-    if (k == "all") return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
+    if (k == "all" || r.gradient_checkpointing) return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
     if (k == "mamba") kinds.push_back(LayerKind::Mamba);
     if (k == "attention") kinds.push_back(LayerKind::Attention);
     if (k == "mlp") kinds.push_back(LayerKind::Mlp);
@@ -68,7 +68,26 @@ std::string tokenizer_path(const Recipe& r) {
               "none");
 }
 
+LoraConfig lora_config(const Recipe& r) {
+  LoraConfig c;
+  c.r = r.lora_r;
+  c.alpha = r.lora_alpha;
+  c.dropout = r.lora_dropout;
+  c.rslora = r.peft_use_rslora;
+  c.init = r.lora_init;
+  c.target_modules = r.lora_target_modules;
+  c.target_modules_regex = r.lora_target_modules_regex;
+  c.target_linear = r.lora_target_linear;
+  c.target_parameters = r.lora_target_parameters;
+  return c;
+}
+
 Model new_model(const Recipe& r) {
+  if (!r.adapter.empty()) {
+    Model m = Model::load(r.init_from);
+    m.attach_adapter(new_lora_adapter(m.config(), lora_config(r), r.seed, "recipe"));
+    return m;
+  }
   if (!r.init_from.empty()) return Model::load(r.init_from);
   const bool is_file = r.model.ends_with(".json") || fs::is_directory(r.model);
   const ModelConfig config = is_file ? load_config(r.model) : preset_config(r.model);
@@ -85,6 +104,7 @@ double mean_loss(Model& model, DataStream& stream, const Recipe& r, int64_t iter
   double sum = 0;
   int64_t count = 0;
   Tensor none;
+  model.set_lora_dropout(false, 0);
   for (int64_t i = 0; i < iters; ++i) {
     MicroBatch b = stream.next_batch(r.micro_batch_size);
     const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
@@ -105,7 +125,10 @@ void add_load(Tensor& into, const Tensor& from) {
 ParamSet place_model(Model& model, Device device, const Recipe& r) {
   if (device == Device::CPU) return {};
   const DType dtype = r.precision == "bf16" ? DType::BF16 : DType::F32;
-  ParamSet full = dtype == DType::F32 ? ParamSet() : model.params();
+  // Under an adapter only its tensors have masters (and the base needs no fp32 copy kept).
+  ParamSet full = dtype == DType::F32      ? ParamSet()
+                  : model.has_adapter() ? model.adapter().params
+                                        : model.params();
   model.to(device, dtype);
   return full;
 }
@@ -124,7 +147,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   const std::string ckpt = resume ? latest_checkpoint(r.out) : "";
   nlohmann::json state;
   Model model = ckpt.empty() ? new_model(r) : [&] {
-    LoadedCheckpoint c = load_checkpoint(ckpt);
+    LoadedCheckpoint c = load_checkpoint(ckpt, r.init_from);
     state = std::move(c.trainer_state);
     return std::move(c.model);
   }();
@@ -183,8 +206,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                         {"skipped_in_a_row", skipped_in_a_row},
                         {"data", train_stream.state()}};
     metrics.flush();
-    out.checkpoint = save_checkpoint(r.out, step, {model, optimizer, s, recipe_yaml, tok_file},
-                                     r.keep_last);
+    out.checkpoint = save_checkpoint(
+        r.out, step, {model, optimizer, s, recipe_yaml, tok_file, r.init_from}, r.keep_last);
   };
 
   StopSignals signals;
@@ -193,12 +216,13 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   bool first = true;
   while (step < steps) {
     const auto t0 = std::chrono::steady_clock::now();
-    model.grads().fill_zero();
+    model.zero_grads();
     double loss_sum = 0;
     int64_t loss_count = 0, step_tokens = 0;
     std::vector<std::pair<size_t, Tensor>> loads;
     for (int64_t micro = 0; micro < accum; ++micro) {
       MicroBatch b = train_stream.next_batch(r.micro_batch_size);
+      model.set_lora_dropout(true, r.seed ^ (uint64_t(step) << 20) ^ uint64_t(micro));
       Tensor none;
       const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
       model.backward(1.0);  // Σ loss; scaled by 1/tokens of the whole global batch below

@@ -54,7 +54,7 @@ TEST_F(RecipeFile, EveryShippedRecipeLoadsAndRoundTrips) {
     EXPECT_EQ(load_recipe(write(recipe_to_yaml(r)), {}), r);
     ++count;
   }
-  EXPECT_EQ(count, 9);
+  EXPECT_EQ(count, 10);
 }
 
 TEST_F(RecipeFile, ShippedRecipeCarriesItsSourceNumbers) {
@@ -69,6 +69,34 @@ TEST_F(RecipeFile, ShippedRecipeCarriesItsSourceNumbers) {
   const Recipe sft = load_recipe(dir + "nemotron-3-nano-30b-a3b-sft.yaml", {});
   EXPECT_EQ(sft.data.at(0).type, "chat");
   EXPECT_DOUBLE_EQ(sft.min_lr, 0.0);
+}
+
+TEST_F(RecipeFile, AdapterKeysRoundTripWithAListOrARegex) {
+  Recipe r;
+  r.max_steps = 3;
+  r.init_from = "base";
+  r.adapter = "qlora";
+  r.lora_r = 16;
+  r.lora_alpha = 32;
+  r.lora_dropout = 0.05;
+  r.lora_target_modules = {"q_proj", "mixer.in_proj"};
+  r.lora_target_parameters = {"experts.up_proj"};
+  r.peft_use_rslora = true;
+  r.lora_init = "gaussian";
+  r.gradient_checkpointing = true;
+  r.sample_packing = false;
+  EXPECT_EQ(load_recipe(write(recipe_to_yaml(r)), {}), r);
+  r.lora_target_modules.clear();
+  r.lora_target_modules_regex = ".*\\.(q|v)_proj";
+  const Recipe back = load_recipe(write(recipe_to_yaml(r)), {});
+  EXPECT_EQ(back, r) << recipe_to_yaml(r);
+  // A single string is PEFT's regular expression; a list holds names.
+  const Recipe one = load_recipe(write("max_steps: 1\ninit_from: b\nadapter: lora\n"
+                                       "lora_target_modules: q_proj\n"),
+                                 {"lora_target_parameters=[down_proj]"});
+  EXPECT_EQ(one.lora_target_modules_regex, "q_proj");
+  EXPECT_TRUE(one.lora_target_modules.empty());
+  EXPECT_EQ(one.lora_target_parameters, std::vector<std::string>{"down_proj"});
 }
 
 TEST_F(RecipeFile, RoundTripKeepsEveryFieldIncludingAwkwardStrings) {
@@ -163,6 +191,19 @@ TEST_F(RecipeFile, ImpossibleSettingsAreErrorsNamingTheKey) {
       {"max_steps: 10\nadam_eps: 0\n", {"adam_eps", "> 0"}},
       {"max_steps: 10\nprecision: fp16\n", {"precision", "bf16, fp32", "fp16"}},
       {"max_steps: 10\nsplit: \"98\"\n", {"split", "98"}},
+      {"max_steps: 10\nlora_r: 4\n", {"r.yaml:2", "lora_r", "adapter"}},
+      {"max_steps: 10\nadapter: lora\nlora_target_linear: true\n", {"adapter", "init_from"}},
+      {"max_steps: 10\nadapter: ia3\n", {"r.yaml:2", "adapter", "lora, qlora", "ia3"}},
+      {"max_steps: 10\ninit_from: m\nadapter: lora\n", {"lora_target_modules", "none"}},
+      {"max_steps: 10\ninit_from: m\nadapter: lora\nlora_target_linear: true\nlora_r: 0\n",
+       {"r.yaml:5", "lora_r"}},
+      {"max_steps: 10\ninit_from: m\nadapter: lora\nlora_target_linear: true\n"
+       "lora_dropout: 1\n",
+       {"lora_dropout", "[0, 1)"}},
+      {"max_steps: 10\ninit_from: m\nadapter: lora\nlora_target_linear: true\nlora_init: pissa\n",
+       {"lora_init", "default, gaussian", "pissa"}},
+      {"max_steps: 10\nsample_packing: false\ndata: [a.jsonl]\n",
+       {"sample_packing", "chat", "text"}},
       {"max_steps: 10\nsplit: \"1,2,3,4\"\n", {"split"}},
       {"max_steps: 10\nsplit: \"0,0\"\n", {"split", "positive sum"}},
       {"max_steps: 10\nsplit: \"98,-2\"\n", {"split"}},
