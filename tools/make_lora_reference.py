@@ -16,14 +16,19 @@ target_modules, rsLoRA, and a Mamba-2 model (backbone. names). PEFT refuses LoRA
 on Mamba's out_proj, so no case has it.
 
 Usage: python3 tools/make_lora_reference.py [--ref tests/data/reference] [--only CASE ...]
+       python3 tools/make_lora_reference.py --base MODEL_DIR --from-adapter ADAPTER_DIR
+The second form loads an adapter directory (one `nemotronh train` wrote, say) onto the base
+with PeftModel.from_pretrained and writes ADAPTER_DIR/reference.safetensors, which shows that
+peft reads what the engine writes and computes the same.
 Needs: torch, transformers (>= 5), peft (>= 0.17), safetensors.
 """
 import argparse
+import json
 import os
 import shutil
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -41,10 +46,7 @@ CASES = {
 }
 
 
-def make_case(name, ref_dir, seed):
-    base_dir = os.path.join(ref_dir, name)
-    out_dir = os.path.join(base_dir, "lora")
-    shutil.rmtree(out_dir, ignore_errors=True)
+def load_base(base_dir):
     config = AutoConfig.from_pretrained(base_dir)
     if getattr(config, "time_step_min", None) == 0:  # saved so; a log(0) for the dt init
         config.time_step_min = 1e-3
@@ -55,9 +57,34 @@ def make_case(name, ref_dir, seed):
         if hasattr(module, "time_step_min"):
             module.time_step_min = 0.0
     model.config._attn_implementation = "eager"
+    return model
+
+
+def make_case(name, ref_dir, seed):
+    base_dir = os.path.join(ref_dir, name)
+    out_dir = os.path.join(base_dir, "lora")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = load_base(base_dir)
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, lora_dropout=0.0,
                                                   **CASES[name]))
+    peft_model.save_pretrained(out_dir)
+    fix_key_order(out_dir)
+    write_reference(peft_model, out_dir, seed)
+    print(f"{name}/lora: written")
+
+
+def fix_key_order(out_dir):
+    # PEFT writes target_modules from a set, in an order that changes between runs.
+    path = os.path.join(out_dir, "adapter_config.json")
+    config = json.load(open(path))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    json.dump(config, open(path, "w"), indent=2, sort_keys=True)
+
+
+def write_reference(peft_model, out_dir, seed):
+    model = peft_model.base_model.model
     peft_model.train()
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(seed + 1)
@@ -75,9 +102,8 @@ def make_case(name, ref_dir, seed):
     for pname, p in peft_model.named_parameters():
         if p.grad is not None:
             tensors["grad/" + pname.replace(".default.", ".")] = p.grad.detach().float().contiguous()
-    peft_model.save_pretrained(out_dir)
     save_file(tensors, os.path.join(out_dir, "reference.safetensors"))
-    print(f"{name}/lora: loss {out.loss.item():.6f}, {len(tensors) - 4} adapter gradients")
+    print(f"loss {out.loss.item():.6f}, {len(tensors) - 4} adapter gradients")
 
 
 def main():
@@ -85,8 +111,18 @@ def main():
     parser.add_argument("--ref", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                       "data", "reference"))
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--base", default=None)
+    parser.add_argument("--from-adapter", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.from_adapter:
+        peft_model = PeftModel.from_pretrained(load_base(args.base), args.from_adapter,
+                                               is_trainable=True)
+        for module in peft_model.modules():  # dropout off: the reference is deterministic
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        write_reference(peft_model, args.from_adapter, seed=7)
+        return
     for i, name in enumerate(sorted(CASES)):
         if not args.only or name in args.only:
             make_case(name, args.ref, seed=2000 + 31 * i)
