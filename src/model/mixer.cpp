@@ -19,11 +19,24 @@ LoraPair LayerParams::lora(const std::string& name) const {
           adapter_.grads->at(b)};
 }
 
+const QuantizedTensor* LayerParams::quantized(const std::string& name) const {
+  if (!adapter_.quantized) return nullptr;
+  const auto it = adapter_.quantized->find(prefix_ + name);
+  return it == adapter_.quantized->end() ? nullptr : &it->second;
+}
+
+Tensor dequantized(const QuantizedTensor& q, DType dtype) {
+  Tensor out = Tensor::empty(q.shape, dtype, q.device());
+  dequantize(q, out);
+  return out;
+}
+
 Linear::Linear(const LayerParams& p, const std::string& name)
-    : w(p.param(name + ".weight")),
+    : w(p.quantized(name + ".weight") ? Tensor() : p.param(name + ".weight")),
       b(p.optional_param(name + ".bias")),
       dw(p.optional_grad(name + ".weight")),
       db(p.optional_grad(name + ".bias")),
+      qw(p.quantized(name + ".weight")),
       lora(p.lora(name)),
       runtime(p.lora_runtime()),
       lora_stream(name_hash(p.full_name(name))) {}
@@ -35,13 +48,15 @@ LoraPath path_of(const Linear& l) {
 }
 }  // namespace
 
+Tensor Linear::weight(DType dtype) const { return qw ? dequantized(*qw, dtype) : w; }
+
 void Linear::forward(const Tensor& x, Tensor& y) const {
-  linear_forward(x, w, b, y);
+  linear_forward(x, weight(x.dtype()), b, y);
   if (lora.defined()) lora_forward(x, lora.a, lora.b, path_of(*this), y);
 }
 
 void Linear::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
-  linear_backward(x, w, dy, dx, dw, db);
+  linear_backward(x, weight(x.dtype()), dy, dx, dw, db);
   if (lora.defined()) lora_backward(x, lora.a, lora.b, path_of(*this), dy, dx, lora.da, lora.db);
 }
 

@@ -3,6 +3,7 @@
 // one micro-batch at a time flows forward and then backward (the llm.c way).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "model/config.h"
 #include "model/inference_state.h"
 #include "model/params.h"
+#include "ops/quantize.h"
 
 namespace nh {
 
@@ -63,6 +65,7 @@ struct AdapterBinding {
   ParamSet* params = nullptr;
   ParamSet* grads = nullptr;
   const LoraRuntime* runtime = nullptr;
+  const std::map<std::string, QuantizedTensor>* quantized = nullptr;  // the frozen base's
 };
 
 // A LoRA pair on one weight with its gradients; all undefined when the weight has none.
@@ -89,6 +92,8 @@ class LayerParams {
   }
   // The adapter's pair on weight `name` (`q_proj`, `experts.up_proj`).
   LoraPair lora(const std::string& name) const;
+  // Weight `name` when the base holds it quantised, else null.
+  const QuantizedTensor* quantized(const std::string& name) const;
   const LoraRuntime* lora_runtime() const { return adapter_.runtime; }
   // The full name of `name` in this layer (seeds a module's dropout stream).
   std::string full_name(const std::string& name) const { return prefix_ + name; }
@@ -100,19 +105,25 @@ class LayerParams {
   AdapterBinding adapter_;
 };
 
-// A linear layer's weight, optional bias, optional LoRA pair and their gradients (dw and db are
-// undefined when the base is frozen).
+// A linear layer's weight (or its quantised form, de-quantised for each product), optional
+// bias, optional LoRA pair and their gradients (dw and db are undefined when the base is frozen).
 struct Linear {
   Tensor w, b, dw, db;
+  const QuantizedTensor* qw = nullptr;
   LoraPair lora;
   const LoraRuntime* runtime = nullptr;
   uint64_t lora_stream = 0;  // this module's dropout stream, mixed with the runtime's seed
   Linear() = default;
   Linear(const LayerParams& p, const std::string& name);
-  int64_t out_features() const { return w.size(0); }
+  int64_t out_features() const { return qw ? qw->shape[0] : w.size(0); }
+  // w, or qw de-quantised to `dtype` on its device.
+  Tensor weight(DType dtype) const;
   void forward(const Tensor& x, Tensor& y) const;
   void backward(const Tensor& x, const Tensor& dy, Tensor& dx);
 };
+
+// q de-quantised into a new tensor of `dtype` on its device.
+Tensor dequantized(const QuantizedTensor& q, DType dtype);
 
 std::unique_ptr<Mixer> make_mixer(LayerKind kind, const ModelConfig& config, const LayerParams& p);
 

@@ -23,6 +23,13 @@ Model::Model(ModelConfig config, ModelWeights weights)
 }
 
 namespace {
+// The weights QLoRA holds quantised: every linear weight and the experts. The embedding, LM
+// head, norms, router, conv, A_log, D and dt_bias stay in full precision.
+bool quantizable(const std::string& name) {
+  return name.ends_with("_proj.weight") || name.ends_with(".experts.up_proj") ||
+         name.ends_with(".experts.down_proj");
+}
+
 // Under an adapter, the weights that get no gradient at all: linear weights and biases, the
 // experts, the embedding and the LM head. The rest are small and keep scratch gradients.
 bool frozen_without_grad(const std::string& name) {
@@ -46,12 +53,37 @@ void Model::bind() {
     const Tensor& p = adapter_.params.at(name);
     adapter_grads_.add(name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
   }
-  const AdapterBinding binding{&adapter_.params, &adapter_grads_, lora_runtime_.get()};
+  const AdapterBinding binding{&adapter_.params, &adapter_grads_, lora_runtime_.get(),
+                               &weights_.quantized};
   for (size_t l = 0; l < config_.layers.size(); ++l) {
     LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.",
                   has_adapter() ? binding : AdapterBinding());
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
   }
+}
+
+void Model::quantize_base(QuantKind kind, Device device) {
+  NH_CHECK(has_adapter(), "a quantised base is frozen: attach an adapter first");
+  NH_CHECK(weights_.quantized.empty(), "the base is quantised already");
+  for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases)) {
+    if (!quantizable(spec.name)) continue;
+    // One weight at a time on `device`, so the full-precision model never has to fit there.
+    weights_.quantized.emplace(spec.name, quantize(weights_.params.at(spec.name).to(device), kind));
+    weights_.params.remove(spec.name);
+  }
+  bind();
+}
+
+int64_t Model::quantized_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [name, q] : weights_.quantized) bytes += q.bytes();
+  return bytes;
+}
+
+int64_t Model::quantized_params() const {
+  int64_t n = 0;
+  for (const auto& [name, q] : weights_.quantized) n += shape_numel(q.shape);
+  return n;
 }
 
 void Model::attach_adapter(LoraAdapter adapter) {
@@ -78,6 +110,9 @@ void Model::set_lora_dropout(bool training, uint64_t seed) {
 
 void Model::merge_adapter() {
   NH_CHECK(has_adapter(), "merge_adapter needs an adapter");
+  if (!weights_.quantized.empty())
+    throw Error("merge", "base", "full-precision weights (load the base unquantised)",
+                "a quantised base");
   if (device() != Device::CPU)
     throw Error("merge", "device", "the CPU (the merged weights are written from there)", "cuda");
   const double scale = adapter_.config.scaling();
@@ -114,6 +149,7 @@ std::vector<Model::TrainableParam> Model::trainable() {
 void Model::to(Device device, DType dtype) {
   ParamSet moved;
   for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases)) {
+    if (weights_.quantized.count(spec.name)) continue;
     const Tensor& p = weights_.params.at(spec.name);
     Tensor t = Tensor::empty(p.shape(), spec.trainable ? dtype : DType::F32, device);
     t.copy_from(p);  // converts on whichever side it can
@@ -123,6 +159,9 @@ void Model::to(Device device, DType dtype) {
     Tensor& t = adapter_.params.at(name);
     t = t.to(device).to(dtype);
   }
+  for (auto& [name, q] : weights_.quantized)
+    for (Tensor* t : {&q.data, &q.absmax_q, &q.absmax2, &q.row_scale})
+      if (t->defined()) *t = t->to(device);
   // Release the old copies before the gradients are made on the new device.
   weights_.params = ParamSet();
   grads_ = ParamSet();
@@ -177,6 +216,9 @@ Model Model::init(const ModelConfig& config, uint64_t seed, DType save_dtype) {
 }
 
 void Model::save(const std::string& dir) const {
+  if (!weights_.quantized.empty())
+    throw Error(dir, "weights", "full-precision weights (nemotronh merge folds an adapter into "
+                "the unquantised base)", "a quantised base");
   fs::create_directories(dir);
   write_weights(dir, hf_tensors(config_, weights_));
   write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_json(config_).dump(2) + "\n");

@@ -82,6 +82,13 @@ class Model {
   void set_lora_dropout(bool training, uint64_t seed);
   // Folds W + s · B · A into the base weights (on the CPU) and detaches the adapter.
   void merge_adapter();
+  // QLoRA: holds every linear weight and the experts quantised (NF4 or int8) on `device`,
+  // de-quantised for each product; the rest of the model stays as it is (move it with to()).
+  // Needs an adapter (the quantised weights are frozen); such a model cannot be saved whole.
+  void quantize_base(QuantKind kind, Device device);
+  // Bytes of the quantised weights (codes and scales).
+  int64_t quantized_bytes() const;
+  int64_t quantized_params() const;
 
   // What the optimizer updates: the adapter's tensors when one is attached, else every
   // trainable parameter; each with its gradient and whether weight decay applies.

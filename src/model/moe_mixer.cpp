@@ -8,12 +8,14 @@ MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
     : route_{c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
              c.routed_scaling_factor},
       latent_(c.moe_latent_size > 0),
+      qup_(p.quantized("experts.up_proj")),
+      qdown_(p.quantized("experts.down_proj")),
       gate_w_(p.param("gate.weight")),
       dgate_w_(p.grad("gate.weight")),
       correction_bias_(p.param("gate.e_score_correction_bias")),
-      up_(p.param("experts.up_proj")),
+      up_(qup_ ? Tensor() : p.param("experts.up_proj")),
       dup_(p.optional_grad("experts.up_proj")),
-      down_(p.param("experts.down_proj")),
+      down_(qdown_ ? Tensor() : p.param("experts.down_proj")),
       ddown_(p.optional_grad("experts.down_proj")),
       shared_(c, p, "shared_experts.", c.moe_shared_expert_intermediate_size) {
   moe_check_route_config(route_, c.n_routed_experts);
@@ -36,8 +38,14 @@ MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
 Tensor MoeMixer::router_u() const { return u_.to(stats_dtype(u_.dtype())); }
 Tensor MoeMixer::router_gate() const { return gate_w_.to(stats_dtype(gate_w_.dtype())); }
 
+// The expert weights in `dtype`: themselves, or de-quantised for this pass.
+std::pair<Tensor, Tensor> MoeMixer::experts(DType dtype) const {
+  return {qup_ ? dequantized(*qup_, dtype) : up_, qdown_ ? dequantized(*qdown_, dtype) : down_};
+}
+
 void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
-  const int64_t t = u.size(0), k = route_.top_k, e = up_.size(0), din = up_.size(2);
+  const auto [up, down] = experts(u.dtype());
+  const int64_t t = u.size(0), k = route_.top_k, e = up.size(0), din = up.size(2);
   const DType dt = u.dtype();
   const Device dev = u.device();
   u_ = u;
@@ -54,7 +62,7 @@ void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
     fc1_.forward(u, h_);
   }
   routed_ = Tensor::empty({t, din}, dt, dev);
-  moe_experts_forward(h_, up_, down_, topk_idx_, topk_w_, routed_, cache_, lora_);
+  moe_experts_forward(h_, up, down, topk_idx_, topk_w_, routed_, cache_, lora_);
   load_ = Tensor::empty({e}, DType::I64, dev);
   moe_expert_load(topk_idx_, load_);
 
@@ -69,6 +77,7 @@ void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
 
 void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   const DType dt = dout.dtype();
+  const auto [up, down] = experts(dt);
   const Device dev = dout.device();
   Tensor drouted = dout;
   if (latent_) {
@@ -77,7 +86,7 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   }
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
-  moe_experts_backward(h_, up_, down_, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
+  moe_experts_backward(h_, up, down, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
                        dtopk_w, lora_);
   if (latent_)
     fc1_.backward(u_, dh, du);

@@ -25,6 +25,8 @@ class MoeMixer : public Mixer {
  private:
   MoeRouteConfig route_;
   bool latent_;
+  // The experts' weights, or their quantised forms (then up_/down_ are undefined).
+  const QuantizedTensor *qup_, *qdown_;
   Tensor gate_w_, dgate_w_, correction_bias_, up_, dup_, down_, ddown_;
   MoeExpertsLora lora_;  // the adapter's pairs on the expert weights, if any
   Linear fc1_, fc2_;
@@ -33,6 +35,7 @@ class MoeMixer : public Mixer {
   Tensor u_, topk_idx_, topk_w_, scores_, h_, routed_, load_;
   // The router's inputs in its own dtype (u and the gate converted when it differs).
   Tensor router_u() const;
+  std::pair<Tensor, Tensor> experts(DType dtype) const;
   Tensor router_gate() const;
   MoeExpertsCache cache_;
 };

@@ -1,5 +1,6 @@
 #include "model/params.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/cuda_memory.h"
@@ -108,6 +109,11 @@ ParamSet ParamSet::zeros_like(DType dtype) const {
   ParamSet out;
   for (const auto& n : names_) out.add(n, Tensor::zeros(at(n).shape(), dtype, at(n).device()));
   return out;
+}
+
+void ParamSet::remove(const std::string& name) {
+  if (!index_.erase(name)) return;
+  names_.erase(std::find(names_.begin(), names_.end(), name));
 }
 
 void ParamSet::fill_zero() {

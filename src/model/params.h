@@ -43,6 +43,7 @@ class ParamSet {
   // Same names and shapes, zero-filled.
   ParamSet zeros_like(DType dtype) const;
   void fill_zero();
+  void remove(const std::string& name);
 
  private:
   std::vector<std::string> names_;

@@ -16,6 +16,7 @@
 #include "io/checkpoint.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "ops/quantize.h"
 
 namespace nh {
 
@@ -25,6 +26,8 @@ struct ModelWeights {
   std::vector<std::pair<std::string, Tensor>> extra; // file tensors the model does not use
   bool tied_head = false;
   bool attention_biases = false;
+  // Frozen weights held quantised (QLoRA), by canonical name; they are not in `params`.
+  std::map<std::string, QuantizedTensor> quantized;
 };
 
 // Loads every parameter `config` needs from `weights` (the files of directory `where`),

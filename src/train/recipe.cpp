@@ -39,7 +39,7 @@ struct Field {
   Member member;
 };
 
-const std::array<Field, 48> kFields = {{
+const std::array<Field, 50> kFields = {{
     {"model", &Recipe::model},
     {"init_from", &Recipe::init_from},
     {"hybrid_override_pattern", &Recipe::hybrid_override_pattern},
@@ -85,6 +85,8 @@ const std::array<Field, 48> kFields = {{
     {"lora_target_parameters", &Recipe::lora_target_parameters},
     {"peft_use_rslora", &Recipe::peft_use_rslora},
     {"lora_init", &Recipe::lora_init},
+    {"load_in_4bit", &Recipe::load_in_4bit},
+    {"load_in_8bit", &Recipe::load_in_8bit},
     {"device", &Recipe::device},
     {"out", &Recipe::out},
     {"sample_prompt", &Recipe::sample_prompt},
@@ -113,9 +115,10 @@ const std::array<const char*, 5> kRecomputeKinds = {"mamba", "attention", "mlp",
 
 // Keys that apply only with an adapter (given without one they are an error, and a recipe
 // without one is written without them).
-const std::array<const char*, 8> kAdapterKeys = {
-    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
-    "lora_target_parameters", "peft_use_rslora", "lora_init"};
+const std::array<const char*, 10> kAdapterKeys = {
+    "lora_r",          "lora_alpha",      "lora_dropout", "lora_target_modules",
+    "lora_target_linear", "lora_target_parameters", "peft_use_rslora", "lora_init",
+    "load_in_4bit",    "load_in_8bit"};
 
 const Field* find_field(std::string_view key) {
   for (const Field& f : kFields)
@@ -369,6 +372,10 @@ class RecipeReader {
     need(r.lora_alpha > 0, "lora_alpha", "a number > 0", format_double(r.lora_alpha));
     need(r.lora_dropout >= 0 && r.lora_dropout < 1, "lora_dropout", "a number in [0, 1)",
          format_double(r.lora_dropout));
+    need(!(r.load_in_4bit && r.load_in_8bit), "load_in_8bit", "not with load_in_4bit",
+         "both set");
+    need(!(r.adapter == "qlora" && r.load_in_8bit), "load_in_8bit",
+         "unset with adapter: qlora (4-bit NF4; 8-bit is adapter: lora with load_in_8bit)", "true");
     need(r.lora_init == "default" || r.lora_init == "gaussian", "lora_init",
          "one of default, gaussian", in_quotes(r.lora_init));
     need(!r.lora_target_modules.empty() || !r.lora_target_modules_regex.empty() ||

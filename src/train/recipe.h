@@ -76,6 +76,9 @@ struct Recipe {
   std::vector<std::string> lora_target_parameters;  // expert weights: experts.up_proj, ...
   bool peft_use_rslora = false;                     // scale alpha / √r instead of alpha / r
   std::string lora_init = "default";                // default (Kaiming-uniform A) or gaussian
+  // The frozen base held quantised: NF4 (qlora implies it) or int8.
+  bool load_in_4bit = false;
+  bool load_in_8bit = false;
 
   std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
   std::string out = "runs/run";

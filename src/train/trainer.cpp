@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include "core/cuda_memory.h"
@@ -82,6 +83,13 @@ LoraConfig lora_config(const Recipe& r) {
   return c;
 }
 
+// How the recipe holds the frozen base: NF4 for qlora or load_in_4bit, int8 for load_in_8bit.
+std::optional<QuantKind> base_quantization(const Recipe& r) {
+  if (r.adapter == "qlora" || r.load_in_4bit) return QuantKind::NF4;
+  if (r.load_in_8bit) return QuantKind::Int8;
+  return std::nullopt;
+}
+
 Model new_model(const Recipe& r) {
   if (!r.adapter.empty()) {
     Model m = Model::load(r.init_from);
@@ -155,6 +163,13 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     throw Error(tok_file, "vocabulary", "at most the model's vocab_size " +
                                             std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
+  if (const auto kind = base_quantization(r)) {
+    model.quantize_base(*kind, device);
+    if (!quiet)
+      std::fprintf(stderr, "%s base: %.1f M weights in %.2f bytes per parameter\n",
+                   *kind == QuantKind::NF4 ? "NF4" : "int8", double(model.quantized_params()) / 1e6,
+                   double(model.quantized_bytes()) / double(model.quantized_params()));
+  }
   model.set_recompute(recompute_kinds(r));
   ParamSet full_precision = place_model(model, device, r);
   Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad},
