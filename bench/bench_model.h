@@ -14,6 +14,14 @@
 
 namespace nh {
 
+// The config of a preset name, a config.json or an HF directory, with `pattern` applied.
+inline ModelConfig bench_config(const std::string& model, const std::string& pattern) {
+  namespace fs = std::filesystem;
+  const bool is_file = model.ends_with(".json") || fs::is_directory(fs::path(model));
+  const ModelConfig c = is_file ? load_config(model) : preset_config(model);
+  return with_layer_pattern(c, pattern, "--pattern");
+}
+
 // A model directory with weights is loaded in `dtype`; a config.json, a directory holding only
 // one, or a preset name gets random weights from `seed` (fp32), its layers replaced by
 // `pattern` when that is given.
@@ -24,9 +32,7 @@ inline Model bench_model(const std::string& model, const std::string& pattern, D
   if (fs::is_directory(dir) && (fs::exists(dir / "model.safetensors.index.json") ||
                                 fs::exists(dir / "model.safetensors")))
     return Model::load(model, dtype);
-  const bool is_file = model.ends_with(".json") || fs::is_directory(dir);
-  const ModelConfig c = is_file ? load_config(model) : preset_config(model);
-  return Model::init(with_layer_pattern(c, pattern, "--pattern"), seed);
+  return Model::init(bench_config(model, pattern), seed);
 }
 
 // I64 ids drawn uniformly from [0, vocab).

@@ -6,11 +6,17 @@
 //   nemotronh-bench-step --model nemotron-h-8b [--pattern M-M-M-M*-] [--seq 8192] [--batch 1]
 //                        [--steps 5] [--warmup 2] [--recompute all] [--optimizer adamw|none]
 //                        [--dtype bf16|fp32] [--device cuda|cpu]
+//                        [--adapter lora|qlora] [--lora-r 16] [--lora-targets q_proj,...|linear]
+//                        [--lora-experts]
 // --model is a preset name, a config.json, or an HF directory (its weights are loaded).
+// With --adapter only the adapter trains; qlora builds the model with its linear and expert
+// weights quantised to NF4 on the device as they are made (so a 30B model needs no 120 GB of
+// fp32 on the host).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "bench_model.h"
@@ -25,6 +31,9 @@ namespace {
 struct Options {
   std::string model = "nemotron-h-8b", pattern, recompute = "none", optimizer = "adamw";
   std::string dtype, device = "auto";  // dtype "": the device's default
+  std::string adapter = "none", lora_targets = "linear";
+  int64_t lora_r = 16;
+  bool lora_experts = false;
   int64_t seq = 8192, batch = 1, steps = 5, warmup = 2;
   uint64_t seed = 1;
 };
@@ -43,16 +52,42 @@ std::vector<LayerKind> recompute_kinds(const std::string& s) {
   return out;
 }
 
+LoraConfig lora_config(const Options& o) {
+  LoraConfig c;
+  c.r = o.lora_r;
+  c.alpha = 2.0 * double(o.lora_r);
+  if (o.lora_targets == "linear") {
+    c.target_linear = true;
+  } else {
+    std::stringstream ss(o.lora_targets);
+    for (std::string t; std::getline(ss, t, ',');) c.target_modules.push_back(t);
+  }
+  if (o.lora_experts) c.target_parameters = {"experts.up_proj", "experts.down_proj"};
+  return c;
+}
+
+Model make_model(const Options& o, DType dtype, Device device) {
+  if (o.adapter == "qlora") {
+    const ModelConfig c = bench_config(o.model, o.pattern);
+    return Model::init_quantized(c, o.seed, lora_config(o), QuantKind::NF4, device);
+  }
+  Model m = bench_model(o.model, o.pattern, dtype, o.seed);
+  if (o.adapter == "lora") m.attach_adapter(new_lora_adapter(m.config(), lora_config(o), o.seed, "bench"));
+  return m;
+}
+
 int run(const Options& o) {
   const Device device = select_device(o.device, "--device");
   const DType dtype = select_compute_dtype(o.dtype, device, "--dtype");
   if (o.optimizer != "adamw" && o.optimizer != "none")
     throw Error("--optimizer", "value", "adamw or none", o.optimizer);
+  if (o.adapter != "none" && o.adapter != "lora" && o.adapter != "qlora")
+    throw Error("--adapter", "value", "none, lora or qlora", o.adapter);
   const auto t_load = std::chrono::steady_clock::now();
-  Model model = bench_model(o.model, o.pattern, dtype, o.seed);
+  Model model = make_model(o, dtype, device);
   ParamSet full;
   if (o.optimizer == "adamw" && model.dtype() == DType::F32 && dtype != DType::F32)
-    full = model.params();
+    full = model.has_adapter() ? model.adapter().params : model.params();
   if (device == Device::CUDA) model.to(device, dtype);
   model.set_recompute(recompute_kinds(o.recompute));
   std::unique_ptr<Optimizer> opt;
@@ -73,7 +108,7 @@ int run(const Options& o) {
     const Tensor targets = random_token_ids({o.batch, o.seq}, c.vocab_size, rng).to(device);
     if (device == Device::CUDA) cuda_synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    model.grads().fill_zero();
+    model.zero_grads();
     Tensor none;
     const LossSum l = model.forward(ids, targets, Tensor(), none);
     model.backward(1.0 / double(l.count));
@@ -90,13 +125,20 @@ int run(const Options& o) {
   const double flops = model_flops_per_token(c, o.seq) * tokens;
   const double peak = device == Device::CUDA ? gpu_bf16_peak_flops() : 0;
   const DeviceMemoryStats mem = device_memory_stats();
-  int64_t params = 0;
+  int64_t params = model.quantized_params(), trainable = 0;
   for (const auto& n : model.params().names()) params += model.params().at(n).numel();
+  for (const auto& t : model.trainable()) trainable += t.param.numel();
   nlohmann::ordered_json j = {
       {"bench", "step"},
       {"model", o.model},
       {"pattern", c.pattern()},
       {"params", params},
+      {"adapter", o.adapter},
+      {"lora_r", o.adapter == "none" ? 0 : o.lora_r},
+      {"trainable_params", trainable},
+      {"quantized_bytes_per_param",
+       model.quantized_params() ? double(model.quantized_bytes()) / double(model.quantized_params())
+                                : 0.0},
       {"device", device == Device::CUDA ? cuda_device_name() : "cpu"},
       {"dtype", dtype == DType::BF16 ? "bf16" : "fp32"},
       {"batch", o.batch},
@@ -136,6 +178,12 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", o.dtype, "fp32, or bf16 on cuda (the default there)");
   app.add_option("--device", o.device, "cpu, cuda or auto")->capture_default_str();
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  app.add_option("--adapter", o.adapter, "none, lora or qlora (NF4 base)")->capture_default_str();
+  app.add_option("--lora-r", o.lora_r, "adapter rank (alpha = 2r)")->capture_default_str();
+  app.add_option("--lora-targets", o.lora_targets,
+                 "linear (every linear module) or a comma list of module names")
+      ->capture_default_str();
+  app.add_flag("--lora-experts", o.lora_experts, "adapt the routed experts' up/down weights too");
   CLI11_PARSE(app, argc, argv);
   try {
     return nh::run(o);

@@ -1,16 +1,17 @@
 #include "model/init.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/rng.h"
 
 namespace nh {
 
-Tensor init_parameter(const ModelConfig& c, const ParamSpec& spec, uint64_t seed) {
-  Rng rng(seed ^ name_hash(spec.name));
-  Tensor t = Tensor::empty(spec.shape, DType::F32);
-  float* p = t.data<float>();
-  const int64_t n = t.numel();
+namespace {
+
+// Fills p[0, n) of a tensor of `spec` from `rng`; p is element `first` of the tensor.
+void fill(const ModelConfig& c, const ParamSpec& spec, Rng& rng, float* p, int64_t n,
+          int64_t first) {
   switch (spec.init) {
     case Init::Normal:
       for (int64_t i = 0; i < n; ++i) p[i] = float(c.initializer_range * rng.normal());
@@ -22,7 +23,7 @@ Tensor init_parameter(const ModelConfig& c, const ParamSpec& spec, uint64_t seed
       for (int64_t i = 0; i < n; ++i) p[i] = 1.f;
       break;
     case Init::ALogRange:  // A = 1..H
-      for (int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i + 1)));
+      for (int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(first + i + 1)));
       break;
     case Init::DtBias: {
       // dt log-uniform in [time_step_min, time_step_max], floored, then softplus⁻¹.
@@ -41,6 +42,27 @@ Tensor init_parameter(const ModelConfig& c, const ParamSpec& spec, uint64_t seed
       for (int64_t i = 0; i < n; ++i) p[i] = float(rng.uniform(-bound, bound) * scale);
       break;
     }
+  }
+}
+
+}  // namespace
+
+Tensor init_parameter(const ModelConfig& c, const ParamSpec& spec, uint64_t seed) {
+  Rng rng(seed ^ name_hash(spec.name));
+  Tensor t = Tensor::empty(spec.shape, DType::F32);
+  fill(c, spec, rng, t.data<float>(), t.numel(), 0);
+  return t;
+}
+
+Tensor init_parameter_parallel(const ModelConfig& c, const ParamSpec& spec, uint64_t seed) {
+  constexpr int64_t kChunk = int64_t(1) << 20;
+  Tensor t = Tensor::empty(spec.shape, DType::F32);
+  const int64_t n = t.numel(), chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t k = 0; k < chunks; ++k) {
+    Rng rng(seed ^ name_hash(spec.name) ^ (uint64_t(k) * 0x9e3779b97f4a7c15ull));
+    const int64_t first = k * kChunk;
+    fill(c, spec, rng, t.data<float>() + first, std::min(kChunk, n - first), first);
   }
   return t;
 }

@@ -22,4 +22,9 @@ inline uint64_t name_hash(const std::string& s) {
 // (seed, name), so adding a layer does not change the others.
 Tensor init_parameter(const ModelConfig& config, const ParamSpec& spec, uint64_t seed);
 
+// The same distributions drawn in parallel, each chunk of a tensor from its own stream of
+// (seed, name, chunk): other values than init_parameter's, for the large random models of
+// benchmarks, where one stream per tensor would take minutes.
+Tensor init_parameter_parallel(const ModelConfig& config, const ParamSpec& spec, uint64_t seed);
+
 }  // namespace nh

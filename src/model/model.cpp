@@ -16,9 +16,12 @@ namespace nh {
 
 namespace fs = std::filesystem;
 
-Model::Model(ModelConfig config, ModelWeights weights)
+Model::Model(ModelConfig config, ModelWeights weights, LoraAdapter adapter)
     : config_(std::move(config)), weights_(std::move(weights)) {
-  bind();
+  if (adapter.targets.empty())
+    bind();
+  else
+    attach_adapter(std::move(adapter));
   recompute_.assign(mixers_.size(), false);
 }
 
@@ -213,6 +216,22 @@ Model Model::init(const ModelConfig& config, uint64_t seed, DType save_dtype) {
     w.file_dtype[spec.name] = spec.name.ends_with("e_score_correction_bias") ? DType::F32 : save_dtype;
   }
   return Model(config, std::move(w));
+}
+
+Model Model::init_quantized(const ModelConfig& config, uint64_t seed, const LoraConfig& lora,
+                            QuantKind kind, Device device) {
+  ModelWeights w;
+  w.tied_head = config.tie_word_embeddings;
+  for (const ParamSpec& spec : param_specs(config, w.tied_head, false)) {
+    Tensor value = init_parameter_parallel(config, spec, seed);
+    if (quantizable(spec.name))
+      w.quantized.emplace(spec.name, quantize(value.to(device), kind));
+    else
+      w.params.add(spec.name, std::move(value));
+    w.file_dtype[spec.name] = DType::F32;
+  }
+  Model m(config, std::move(w), new_lora_adapter(config, lora, seed, "init_quantized"));
+  return m;
 }
 
 void Model::save(const std::string& dir) const {

@@ -21,6 +21,12 @@ class Model {
   static Model load(const std::string& dir, DType dtype = DType::F32);
   // A freshly initialised model (SPEC §8); `save_dtype` is the dtype written on save.
   static Model init(const ModelConfig& config, uint64_t seed, DType save_dtype = DType::F32);
+  // QLoRA at sizes whose full-precision weights would not fit in host memory: a freshly
+  // initialised model (init_parameter_parallel's values) whose linear and expert weights are
+  // quantised on `device` as they are made, a few at a time, with a new adapter of `lora`
+  // attached. The rest stays on the CPU in fp32 (move it with to()).
+  static Model init_quantized(const ModelConfig& config, uint64_t seed, const LoraConfig& lora,
+                              QuantKind kind, Device device);
   // Writes an HF directory (config.json + weights) that transformers loads; files are
   // written to temporary names and renamed.
   void save(const std::string& dir) const;
@@ -108,7 +114,7 @@ class Model {
   Tensor& correction_bias(size_t layer);
 
  private:
-  Model(ModelConfig config, ModelWeights weights);
+  Model(ModelConfig config, ModelWeights weights, LoraAdapter adapter = LoraAdapter());
   // Gradients (zeros, beside each trainable parameter) and the mixers bound to both.
   void bind();
   const Tensor& head_weight() const;
