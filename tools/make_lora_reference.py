@@ -4,7 +4,9 @@
 Each case puts a PEFT LoRA adapter on one of the base reference models that
 tools/make_reference.py wrote (its config.json + model.safetensors), with B
 initialised non-zero (init_lora_weights=False leaves nn.Linear's default init on
-both factors) so every gradient path is live, and saves:
+both factors; B is then scaled by 0.1 so that the adapter changes the model as a
+trained one does rather than swamping its weights) so every gradient path is
+live, and saves:
   adapter_config.json, adapter_model.safetensors  (PeftModel.save_pretrained)
   reference.safetensors  input_ids, labels, logits, loss and grad/<name> for every
                          adapter tensor, named as in adapter_model.safetensors
@@ -68,6 +70,10 @@ def make_case(name, ref_dir, seed):
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, lora_dropout=0.0,
                                                   **CASES[name]))
+    with torch.no_grad():  # B at a tenth of nn.Linear's init: an update, not a new model
+        for pname, p in peft_model.named_parameters():
+            if "lora_B" in pname:
+                p.mul_(0.1)
     peft_model.save_pretrained(out_dir)
     fix_key_order(out_dir)
     write_reference(peft_model, out_dir, seed)

@@ -171,7 +171,9 @@ int run(Options o) {
                                            : find_grad(model, name.substr(5), o.reference);
     if (got.numel() != want.numel())
       throw Error(o.reference, name, "shape " + shape_str(got.shape()), shape_str(want.shape()));
-    const bool moved = layer_of(canonical_name(name.substr(5))) <= moved_below;
+    std::string param = name.substr(5);
+    if (param.starts_with("base_model.model.")) param = param.substr(17);  // PEFT's prefix
+    const bool moved = layer_of(canonical_name(param)) <= moved_below;
     report(name, compare(got, want), moved ? std::max(o.grad_rtol, kRoutingMovedGradRtol) : o.grad_rtol);
   }
   std::printf("%d of %d tensors within tolerance (rtol %.1e, gradients %.1e); forward+backward "
