@@ -1,6 +1,7 @@
 // nemotronh info: the layer pattern, parameters per layer kind and the memory a model
 // needs for inference and for training.
 #include <cstdio>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -12,8 +13,9 @@ namespace nh::cli {
 namespace {
 
 struct Options {
-  std::string model, preset;
-  int64_t batch = 1, seq_len = 8192;
+  std::string model, preset, adapter, lora_targets = "linear";
+  int64_t batch = 1, seq_len = 8192, lora_r = 16;
+  bool lora_experts = false;
 };
 
 std::string human(double bytes) {
@@ -54,9 +56,34 @@ void run(const Options& o) {
               human(double(m.state_per_sequence) / double(o.batch)).c_str(),
               human(double(m.kv_cache) / double(o.batch)).c_str(), (long long)o.seq_len);
   std::printf("training        weights+grads+master+Adam %s; activations %s for %lld x %lld "
-              "tokens without recompute\n",
+              "tokens without recompute, %s with every layer recomputed\n",
               human(double(m.training_state)).c_str(), human(double(m.activations)).c_str(),
-              (long long)o.batch, (long long)o.seq_len);
+              (long long)o.batch, (long long)o.seq_len,
+              human(double(m.activations_recompute)).c_str());
+  if (o.adapter.empty()) return;
+  if (o.adapter != "lora" && o.adapter != "qlora")
+    throw Error("--adapter", "value", "lora or qlora", o.adapter);
+  LoraConfig lora;
+  lora.r = o.lora_r;
+  if (o.lora_targets == "linear") {
+    lora.target_linear = true;
+  } else {
+    std::stringstream ss(o.lora_targets);
+    for (std::string t; std::getline(ss, t, ',');) lora.target_modules.push_back(t);
+  }
+  if (o.lora_experts) lora.target_parameters = {"experts.up_proj", "experts.down_proj"};
+  const bool q = o.adapter == "qlora";
+  const AdapterMemory a = estimate_adapter_memory(c, lora, q);
+  const int64_t total = a.base + a.adapter_state + a.dequantized + m.activations_recompute;
+  std::printf("%-15s r %lld: %s adapter parameters; base %s%s; adapter+grads+master+Adam %s",
+              o.adapter.c_str(), (long long)o.lora_r, count(double(a.adapter_params)).c_str(),
+              human(double(a.base)).c_str(),
+              q ? (" (" + count(double(a.quantized_params)) + " in NF4)").c_str() : " (bf16)",
+              human(double(a.adapter_state)).c_str());
+  if (q) std::printf("; de-quantised at once %s", human(double(a.dequantized)).c_str());
+  std::printf("\n                total with every layer recomputed about %s for %lld x %lld "
+              "tokens\n",
+              human(double(total)).c_str(), (long long)o.batch, (long long)o.seq_len);
 }
 
 }  // namespace
@@ -69,6 +96,12 @@ void add_info(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "sequences, for the memory estimate")->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, for the memory estimate")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--adapter", o->adapter, "lora or qlora: the memory of training an adapter");
+  cmd->add_option("--lora-r", o->lora_r, "adapter rank")->capture_default_str();
+  cmd->add_option("--lora-targets", o->lora_targets,
+                  "linear (every linear module) or a comma list of module names")
+      ->capture_default_str();
+  cmd->add_flag("--lora-experts", o->lora_experts, "adapt the routed experts' weights too");
   cmd->callback([o] { run(*o); });
 }
 

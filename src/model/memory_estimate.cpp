@@ -1,5 +1,7 @@
 #include "model/memory_estimate.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/params.h"
 
@@ -46,8 +48,10 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int64_t batch, int64_t seq)
   m.training_state = (2 + 4 + 4 + 8) * params;
   const int64_t t = batch * seq, d = c.hidden_size;
   int64_t per_token = 0;  // saved activation elements per token
+  int64_t largest_layer = 0;  // the most any one layer saves per token, beyond its input
   for (LayerKind k : c.layers) {
     per_token += 2 * d + 1;  // residual input, its norm, 1/rms
+    const int64_t before = per_token;
     switch (k) {
       case LayerKind::Mamba: {
         const int64_t din = c.d_inner(), cd = c.conv_dim(), h = c.mamba_num_heads;
@@ -72,9 +76,35 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int64_t batch, int64_t seq)
         break;
       }
     }
+    largest_layer = std::max(largest_layer, per_token - before);
   }
   m.activations = 2 * per_token * t;
+  m.activations_recompute = 2 * (int64_t(c.layers.size()) * (2 * d + 1) + largest_layer) * t;
   return m;
+}
+
+AdapterMemory estimate_adapter_memory(const ModelConfig& c, const LoraConfig& lora,
+                                      bool quantized) {
+  AdapterMemory a;
+  for (const LoraTarget& t : lora_targets(c, lora, "memory estimate"))
+    a.adapter_params += lora.r * (t.in + t.out) * std::max<int64_t>(1, t.experts);
+  const int64_t total = count_parameters(c).total;
+  int64_t largest = 0;
+  for (const LoraTarget& t : lora_candidates(c)) {
+    const int64_t n = t.out * t.in * std::max<int64_t>(1, t.experts);
+    a.quantized_params += n;
+    largest = std::max(largest, n);
+  }
+  // NF4 with double quantisation: 4 bits, plus one byte per 64 and four per 64 · 256 values.
+  const double nf4_bytes = (32.0 + 1.0 + 4.0 / 256.0) / 64.0;
+  a.base = quantized ? int64_t(double(a.quantized_params) * nf4_bytes) +
+                           2 * (total - a.quantized_params)
+                     : 2 * total;
+  if (!quantized) a.quantized_params = 0;
+  a.adapter_state = (2 + 2 + 4 + 8) * a.adapter_params;
+  // An MoE layer holds its up and down experts de-quantised together.
+  a.dequantized = quantized ? 2 * (c.has(LayerKind::Moe) ? 2 * largest : largest) : 0;
+  return a;
 }
 
 }  // namespace nh

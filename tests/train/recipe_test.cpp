@@ -54,7 +54,7 @@ TEST_F(RecipeFile, EveryShippedRecipeLoadsAndRoundTrips) {
     EXPECT_EQ(load_recipe(write(recipe_to_yaml(r)), {}), r);
     ++count;
   }
-  EXPECT_EQ(count, 10);
+  EXPECT_EQ(count, 15);
 }
 
 TEST_F(RecipeFile, ShippedRecipeCarriesItsSourceNumbers) {
