@@ -31,9 +31,12 @@ def materialise(model, quant):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear) or child_name == "lm_head":
                 continue
+            # The fused Mamba kernel multiplies by out_proj.weight itself: a 4-bit out_proj
+            # breaks it, so it stays bf16 (as a model loaded in 4 bits must keep it too).
+            keep_bf16 = quant == "nf4" and child_name == "out_proj"
             w = torch.randn(child.out_features, child.in_features, dtype=torch.bfloat16,
                             device="cuda") * 0.02
-            if quant == "nf4":
+            if quant == "nf4" and not keep_bf16:
                 new = bnb.nn.Linear4bit(child.in_features, child.out_features,
                                         bias=child.bias is not None, compute_dtype=torch.bfloat16,
                                         quant_type="nf4", compress_statistics=True,
