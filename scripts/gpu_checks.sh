@@ -27,7 +27,9 @@ verify_all() {
       echo "== $(basename "$dir") $dtype"
       "$bundle/run.sh" nemotronh verify --device cuda --dtype "$dtype" --model "$dir" \
         --reference "$dir/reference.safetensors" || failed=1
-      if [ -d "$dir/lora" ]; then
+      # bf16 moves a routing decision or two of the MoE cases' adapted models (docs/DEVELOPING.md):
+      # their LoRA references are checked in fp32.
+      if [ -d "$dir/lora" ] && ! { [ "$dtype" = bf16 ] && grep -q '"moe"' "$dir/config.json"; }; then
         echo "== $(basename "$dir") lora $dtype"
         "$bundle/run.sh" nemotronh verify --device cuda --dtype "$dtype" --model "$dir" \
           --adapter "$dir/lora" --reference "$dir/lora/reference.safetensors" || failed=1
