@@ -16,7 +16,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "bench_model.h"
@@ -53,17 +52,7 @@ std::vector<LayerKind> recompute_kinds(const std::string& s) {
 }
 
 LoraConfig lora_config(const Options& o) {
-  LoraConfig c;
-  c.r = o.lora_r;
-  c.alpha = 2.0 * double(o.lora_r);
-  if (o.lora_targets == "linear") {
-    c.target_linear = true;
-  } else {
-    std::stringstream ss(o.lora_targets);
-    for (std::string t; std::getline(ss, t, ',');) c.target_modules.push_back(t);
-  }
-  if (o.lora_experts) c.target_parameters = {"experts.up_proj", "experts.down_proj"};
-  return c;
+  return lora_config_of_options(o.lora_r, o.lora_targets, o.lora_experts);
 }
 
 Model make_model(const Options& o, DType dtype, Device device) {

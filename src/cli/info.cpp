@@ -1,7 +1,6 @@
 // nemotronh info: the layer pattern, parameters per layer kind and the memory a model
 // needs for inference and for training.
 #include <cstdio>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -63,15 +62,7 @@ void run(const Options& o) {
   if (o.adapter.empty()) return;
   if (o.adapter != "lora" && o.adapter != "qlora")
     throw Error("--adapter", "value", "lora or qlora", o.adapter);
-  LoraConfig lora;
-  lora.r = o.lora_r;
-  if (o.lora_targets == "linear") {
-    lora.target_linear = true;
-  } else {
-    std::stringstream ss(o.lora_targets);
-    for (std::string t; std::getline(ss, t, ',');) lora.target_modules.push_back(t);
-  }
-  if (o.lora_experts) lora.target_parameters = {"experts.up_proj", "experts.down_proj"};
+  const LoraConfig lora = lora_config_of_options(o.lora_r, o.lora_targets, o.lora_experts);
   const bool q = o.adapter == "qlora";
   const AdapterMemory a = estimate_adapter_memory(c, lora, q);
   const int64_t total = a.base + a.adapter_state + a.dequantized + m.activations_recompute;

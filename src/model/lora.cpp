@@ -4,6 +4,7 @@
 #include <functional>
 #include <regex>
 #include <set>
+#include <sstream>
 
 #include "core/rng.h"
 #include "model/init.h"
@@ -84,6 +85,20 @@ std::vector<LoraTarget> lora_candidates(const ModelConfig& config) {
   return lora_targets(config, all, "lora_candidates");
 }
 
+LoraConfig lora_config_of_options(int64_t r, const std::string& targets, bool experts) {
+  LoraConfig c;
+  c.r = r;
+  c.alpha = 2.0 * double(r);
+  if (targets == "linear") {
+    c.target_linear = true;
+  } else {
+    std::stringstream ss(targets);
+    for (std::string t; std::getline(ss, t, ',');) c.target_modules.push_back(t);
+  }
+  if (experts) c.target_parameters = {"experts.up_proj", "experts.down_proj"};
+  return c;
+}
+
 double LoraConfig::scaling() const {
   return rslora ? alpha / std::sqrt(double(r)) : alpha / double(r);
 }
@@ -105,11 +120,12 @@ std::vector<LoraTarget> lora_targets(const ModelConfig& config, const LoraConfig
   const ModelModules mods = model_modules(config);
   std::set<std::string> chosen;
 
-  if (lora.target_linear)
-    for (const Module& m : mods.linear) chosen.insert(m.canonical);
-  for (const std::string& entry : lora.target_modules) {
-    const auto match = [&](const std::string& name) { return matches_entry(name, entry); };
-    reject_unadaptable(mods.other, leaves_of(mods.linear), where, "lora_target_modules", entry, match);
+  // Adds the linear modules `match` selects; a pattern selecting none, or a weight that is not
+  // a linear module, is an Error.
+  const auto select = [&](const std::string& pattern, const std::string& expected,
+                          const std::function<bool(const std::string&)>& match) {
+    reject_unadaptable(mods.other, leaves_of(mods.linear), where, "lora_target_modules", pattern,
+                       match);
     size_t hits = 0;
     for (const Module& m : mods.linear)
       if (match(m.peft)) {
@@ -117,10 +133,13 @@ std::vector<LoraTarget> lora_targets(const ModelConfig& config, const LoraConfig
         ++hits;
       }
     if (hits == 0)
-      throw Error(where, "lora_target_modules",
-                  "names of linear modules of this model (" + leaves_of(mods.linear) + ")",
-                  "'" + entry + "', which matches none");
-  }
+      throw Error(where, "lora_target_modules", expected, "'" + pattern + "', which matches none");
+  };
+  if (lora.target_linear)
+    for (const Module& m : mods.linear) chosen.insert(m.canonical);
+  for (const std::string& entry : lora.target_modules)
+    select(entry, "names of linear modules of this model (" + leaves_of(mods.linear) + ")",
+           [&](const std::string& name) { return matches_entry(name, entry); });
   if (!lora.target_modules_regex.empty()) {
     std::regex re;
     try {
@@ -129,19 +148,9 @@ std::vector<LoraTarget> lora_targets(const ModelConfig& config, const LoraConfig
       throw Error(where, "lora_target_modules", "a valid regular expression",
                   "'" + lora.target_modules_regex + "' (" + e.what() + ")");
     }
-    const auto match = [&](const std::string& name) { return std::regex_match(name, re); };
-    reject_unadaptable(mods.other, leaves_of(mods.linear), where, "lora_target_modules", lora.target_modules_regex, match);
-    size_t hits = 0;
-    for (const Module& m : mods.linear)
-      if (match(m.peft)) {
-        chosen.insert(m.canonical);
-        ++hits;
-      }
-    if (hits == 0)
-      throw Error(where, "lora_target_modules",
-                  "a regular expression matching whole module names such as " +
-                      mods.linear.front().peft,
-                  "'" + lora.target_modules_regex + "', which matches none");
+    select(lora.target_modules_regex,
+           "a regular expression matching whole module names such as " + mods.linear.front().peft,
+           [&](const std::string& name) { return std::regex_match(name, re); });
   }
   for (const std::string& entry : lora.target_parameters) {
     size_t hits = 0;

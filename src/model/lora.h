@@ -51,6 +51,11 @@ struct LoraTarget {
 // its shape, in parameter order.
 std::vector<LoraTarget> lora_candidates(const ModelConfig& config);
 
+// The adapter the benchmark and `nemotronh info` options describe: rank r (alpha 2r) on
+// `targets` ("linear": every linear module, else a comma list of names), and on the experts'
+// up/down weights when `experts`.
+LoraConfig lora_config_of_options(int64_t r, const std::string& targets, bool experts);
+
 std::string lora_a_name(const std::string& target);
 std::string lora_b_name(const std::string& target);
 

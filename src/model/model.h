@@ -28,7 +28,8 @@ class Model {
   static Model init_quantized(const ModelConfig& config, uint64_t seed, const LoraConfig& lora,
                               QuantKind kind, Device device);
   // Writes an HF directory (config.json + weights) that transformers loads; files are
-  // written to temporary names and renamed.
+  // written to temporary names and renamed. An attached adapter is not written (see
+  // save_peft_adapter, or merge_adapter first); a quantised base is an Error.
   void save(const std::string& dir) const;
 
   // Moves the parameters to `device` in `dtype` (buffers such as the router's correction bias
