@@ -141,6 +141,11 @@ std::vector<LoraTarget> lora_targets(const ModelConfig& config, const LoraConfig
     select(entry, "names of linear modules of this model (" + leaves_of(mods.linear) + ")",
            [&](const std::string& name) { return matches_entry(name, entry); });
   if (!lora.target_modules_regex.empty()) {
+    // std::regex compiles and matches recursively: a bound keeps a hostile pattern from
+    // exhausting the stack.
+    if (lora.target_modules_regex.size() > 1000)
+      throw Error(where, "lora_target_modules", "a regular expression of at most 1000 characters",
+                  std::to_string(lora.target_modules_regex.size()) + " characters");
     std::regex re;
     try {
       re = std::regex(lora.target_modules_regex);

@@ -1,5 +1,6 @@
 #include "model/peft_adapter.h"
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -154,12 +155,19 @@ LoraConfig config_from_json(const json& j, const std::string& where) {
     c.target_parameters = field<std::vector<std::string>>(j, "target_parameters", where,
                                                           "a list of parameter names");
   if (c.r < 1) throw Error(where, "r", "an integer >= 1", std::to_string(c.r));
+  if (!std::isfinite(c.alpha)) throw Error(where, "lora_alpha", "a finite number", "not finite");
   if (!(c.dropout >= 0 && c.dropout < 1))
     throw Error(where, "lora_dropout", "in [0, 1)", std::to_string(c.dropout));
   return c;
 }
 
 }  // namespace
+
+LoraConfig parse_peft_adapter_config(std::string_view text, const std::string& where) {
+  const json j = parse_json_text(text, where);
+  if (!j.is_object()) throw Error(where, "JSON", "an object", j.dump().substr(0, 40));
+  return config_from_json(j, where);
+}
 
 std::vector<std::pair<std::string, Tensor>> to_peft_tensors(const ModelConfig& config,
                                                             const LoraAdapter& adapter,
@@ -214,10 +222,8 @@ LoraAdapter load_peft_adapter(const std::string& dir, const ModelConfig& config)
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
   LoraAdapter adapter;
-  adapter.config = config_from_json(
-      parse_json_text(read_text_file(config_path, "adapter", "a PEFT adapter_config.json"),
-                      config_path),
-      config_path);
+  adapter.config = parse_peft_adapter_config(
+      read_text_file(config_path, "adapter", "a PEFT adapter_config.json"), config_path);
   if (!fs::exists(weights_path))
     throw Error(dir, kWeightsFile, "a PEFT adapter_model.safetensors (convert a .bin first)",
                 "none");

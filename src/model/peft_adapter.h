@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,10 @@ void save_peft_adapter(const std::string& dir, const ModelConfig& config,
 // modules_to_save, per-module ranks, ...), a tensor that names no weight of this model or has
 // the wrong shape is an Error naming the file and the field or tensor.
 LoraAdapter load_peft_adapter(const std::string& dir, const ModelConfig& config);
+
+// The settings of an adapter_config.json's text (`where` names it in errors). An option the
+// engine does not run, or a missing or mistyped field, is an Error.
+LoraConfig parse_peft_adapter_config(std::string_view text, const std::string& where);
 
 // `tensors` (named as the adapter's params: its params or their gradients) under PEFT's names
 // and layouts, fp32 on the CPU.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # LoRA and QLoRA from the command line: `train` with an adapter writes PEFT adapter checkpoints
-# and resumes from them exactly, `generate --adapter` gives the tokens of the model `merge`
+# and resumes from them exactly, gradient checkpointing gives the same adapter with and
+# without sample packing, `generate --adapter` gives the tokens of the model `merge`
 # writes, a QLoRA run holds its base in NF4, peft reads what we write and computes the same
 # (when torch and peft are installed), and bad settings are one line with exit code 2.
 # NH_TEST_DEVICE=cuda runs on the GPU (default cpu).
@@ -31,6 +32,18 @@ echo step-00000003 > "$tmp/b/checkpoints/latest"
 "$nemotronh" train "${common[@]}" --set out="$tmp/b" --resume > /dev/null 2>&1 || fail "resume"
 cmp -s "$(adapter_of "$tmp/a" 5)/adapter_model.safetensors" \
        "$(adapter_of "$tmp/b" 5)/adapter_model.safetensors" && ok || fail "resumed adapter differs"
+
+# Gradient checkpointing changes nothing but memory, with or without sample packing.
+for packing in true false; do
+  for ckpt in true false; do
+    "$nemotronh" train "${common[@]}" --set out="$tmp/gc-$packing-$ckpt" --set max_steps=2 \
+      --set sample_packing=$packing --set gradient_checkpointing=$ckpt > /dev/null 2>&1 ||
+      fail "train with packing $packing, checkpointing $ckpt"
+  done
+  cmp -s "$(adapter_of "$tmp/gc-$packing-true" 2)/adapter_model.safetensors" \
+         "$(adapter_of "$tmp/gc-$packing-false" 2)/adapter_model.safetensors" && ok ||
+    fail "gradient checkpointing changed the adapter (sample_packing $packing)"
+done
 
 # The adapter applied at generation equals it merged into the weights.
 prompt=$(printf '<|im_start|>user\nWhat is two plus three?<|im_end|>\n<|im_start|>assistant\n')

@@ -466,6 +466,20 @@ TEST(DataStreamSft, EachRowOpenerDidNotFitInAnyEarlierRowOfItsWindow) {
   EXPECT_LE(int64_t(fill.size()), total / 24 + 3);
 }
 
+// sample_packing: false is a window of one: every row holds one example, then padding.
+TEST(DataStreamSft, WindowOfOneGivesOneExamplePerRow) {
+  const auto docs = random_docs(20, 2, 12, 100, 24, true);
+  DataStreamConfig c = sft_config(source("sft", docs), 32);
+  c.pack_window = 1;
+  DataStream s(c);
+  const Rows rows = take(s, 5, 4);
+  std::vector<int> examples(rows.ids.size(), 0);
+  for (const auto& seg : segments(rows))
+    if (!(rows.ids[seg.row][seg.begin] == kPad && seg.end == rows.ids[seg.row].size()))
+      ++examples[seg.row];
+  for (size_t r = 0; r < examples.size(); ++r) EXPECT_EQ(examples[r], 1) << "row " << r;
+}
+
 TEST(DataStreamSft, LongExampleIsTruncatedToARowAndCounted) {
   std::vector<Document> docs = random_docs(5, 3, 6, 100, 24, true);
   docs[2] = random_docs(1, 40, 40, 102, 25)[0];
