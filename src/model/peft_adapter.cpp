@@ -1,5 +1,6 @@
 #include "model/peft_adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
