@@ -14,9 +14,9 @@ namespace nh {
 namespace {
 
 // The leaf names of the linear modules a Nemotron-H or Mamba-2 model has.
-const std::set<std::string> kLinearLeaves = {"in_proj", "out_proj", "q_proj", "k_proj", "v_proj",
-                                            "o_proj", "up_proj", "down_proj", "fc1_latent_proj",
-                                            "fc2_latent_proj"};
+const std::set<std::string> kLinearLeaves = {
+    "in_proj", "out_proj", "q_proj",    "k_proj",          "v_proj",
+    "o_proj",  "up_proj",  "down_proj", "fc1_latent_proj", "fc2_latent_proj"};
 
 std::string leaf(const std::string& name) { return name.substr(name.rfind('.') + 1); }
 
@@ -66,8 +66,8 @@ std::string leaves_of(const std::vector<Module>& modules) {
 // An Error when a pattern selects a weight that is not a linear module (the LM head, the
 // embedding, conv1d, the router, a norm).
 void reject_unadaptable(const std::vector<Module>& other, const std::string& linear_leaves,
-                        const std::string& where,
-                        const std::string& key, const std::string& pattern,
+                        const std::string& where, const std::string& key,
+                        const std::string& pattern,
                         const std::function<bool(const std::string&)>& match) {
   for (const Module& m : other)
     if (match(m.peft))

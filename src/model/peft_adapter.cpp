@@ -119,8 +119,8 @@ void reject_unsupported(const json& j, const std::string& where) {
   if (j.contains("peft_type") && j["peft_type"] != "LORA")
     throw Error(where, "peft_type", "LORA", j["peft_type"].dump());
   auto off = [&](const char* key) {
-    if (!j.contains(key) || j[key].is_null() || j[key] == false || (j[key].is_object() && j[key].empty()) ||
-        (j[key].is_array() && j[key].empty()))
+    if (!j.contains(key) || j[key].is_null() || j[key] == false ||
+        (j[key].is_object() && j[key].empty()) || (j[key].is_array() && j[key].empty()))
       return;
     throw Error(where, key, "unset (this engine runs plain LoRA)", j[key].dump());
   };
@@ -153,8 +153,8 @@ LoraConfig config_from_json(const json& j, const std::string& where) {
   }
   const json tp = j.value("target_parameters", json());
   if (!tp.is_null())
-    c.target_parameters = field<std::vector<std::string>>(j, "target_parameters", where,
-                                                          "a list of parameter names");
+    c.target_parameters =
+        field<std::vector<std::string>>(j, "target_parameters", where, "a list of parameter names");
   if (c.r < 1) throw Error(where, "r", "an integer >= 1", std::to_string(c.r));
   if (!std::isfinite(c.alpha)) throw Error(where, "lora_alpha", "a finite number", "not finite");
   if (!(c.dropout >= 0 && c.dropout < 1))
@@ -255,11 +255,12 @@ LoraAdapter load_peft_adapter(const std::string& dir, const ModelConfig& config)
       throw Error(weights_path, name,
                   "base_model.model.<module>.lora_A.weight or .lora_B.weight (plain LoRA)",
                   "another tensor");
-    const std::string path = name.substr(std::string(kPrefix).size(),
-                                         name.size() - std::string(kPrefix).size() - 14);
+    const std::string path =
+        name.substr(std::string(kPrefix).size(), name.size() - std::string(kPrefix).size() - 14);
     const auto it = by_path.find(path);
     if (it == by_path.end())
-      throw Error(weights_path, name, "a LoRA pair on a linear module or expert weight of this model",
+      throw Error(weights_path, name,
+                  "a LoRA pair on a linear module or expert weight of this model",
                   "no such module");
     const LoraTarget& t = *it->second;
     found[t.name] = &t;
@@ -278,15 +279,18 @@ LoraAdapter load_peft_adapter(const std::string& dir, const ModelConfig& config)
     const Tensor& a = a_of[t.name];
     const Tensor& b = b_of[t.name];
     if (a.shape() != Shape{e * r, t.in})
-      throw Error(weights_path, a_name, shape_str({e * r, t.in}) + " (r = " + std::to_string(r) + ")",
+      throw Error(weights_path, a_name,
+                  shape_str({e * r, t.in}) + " (r = " + std::to_string(r) + ")",
                   shape_str(a.shape()));
     if (b.shape() != Shape{t.out, r * e})
-      throw Error(weights_path, b_name, shape_str({t.out, r * e}) + " (r = " + std::to_string(r) + ")",
+      throw Error(weights_path, b_name,
+                  shape_str({t.out, r * e}) + " (r = " + std::to_string(r) + ")",
                   shape_str(b.shape()));
     adapter.targets.push_back(t);
     adapter.params.add(lora_a_name(t.name),
                        is_expert(t) ? a.reshape({t.experts, r, t.in}).clone() : a.clone());
-    adapter.params.add(lora_b_name(t.name), is_expert(t) ? expert_b_from_peft(b, t.experts) : b.clone());
+    adapter.params.add(lora_b_name(t.name),
+                       is_expert(t) ? expert_b_from_peft(b, t.experts) : b.clone());
   }
   return adapter;
 }

@@ -82,12 +82,13 @@ TEST(LoraTargets, FollowPeftMatching) {
                                       "layers.3.mixer.in_proj"}));
   // A leaf name matches every module ending in it; here the shared experts' up_proj.
   l.target_modules = {"up_proj"};
-  EXPECT_EQ(target_names(c, l), (std::vector<std::string>{"layers.1.mixer.shared_experts.up_proj",
-                                                          "layers.4.mixer.shared_experts.up_proj"}));
+  EXPECT_EQ(target_names(c, l),
+            (std::vector<std::string>{"layers.1.mixer.shared_experts.up_proj",
+                                      "layers.4.mixer.shared_experts.up_proj"}));
   l.target_modules.clear();
   l.target_modules_regex = R"(model\.layers\.[34]\.mixer\.\w+_proj)";
-  EXPECT_EQ(target_names(c, l), (std::vector<std::string>{"layers.3.mixer.in_proj",
-                                                          "layers.3.mixer.out_proj"}));
+  EXPECT_EQ(target_names(c, l),
+            (std::vector<std::string>{"layers.3.mixer.in_proj", "layers.3.mixer.out_proj"}));
   l.target_modules_regex.clear();
   l.target_parameters = {"experts.down_proj"};
   const auto experts = lora_targets(c, l, "test");

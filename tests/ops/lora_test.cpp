@@ -42,7 +42,8 @@ class LoraOp : public ::testing::TestWithParam<double> {};
 
 TEST_P(LoraOp, ForwardAddsTheLowRankPathToY) {
   const LoraPath path{2.5, GetParam(), 77};
-  Tensor x = random_tensor({2, 3, 7}, 1), a = random_tensor({3, 7}, 2), b = random_tensor({5, 3}, 3);
+  Tensor x = random_tensor({2, 3, 7}, 1), a = random_tensor({3, 7}, 2),
+         b = random_tensor({5, 3}, 3);
   Tensor y = random_tensor({2, 3, 5}, 4);
   const Tensor want = lora_loop(x, a, b, path, y);
   lora_forward(x, a, b, path, y);
@@ -72,23 +73,28 @@ TEST_P(LoraOp, BackwardMatchesNumericGradientsAndAccumulates) {
   Tensor da2 = Tensor::zeros(a.shape(), DType::F64), db2 = Tensor::zeros(b.shape(), DType::F64),
          none;
   lora_backward(x, a, b, path, r, none, da2, db2);
-  for (int64_t i = 0; i < da.numel(); ++i) EXPECT_NEAR(da2.data<double>()[i], da.data<double>()[i], 1e-12);
-  for (int64_t i = 0; i < db.numel(); ++i) EXPECT_NEAR(db2.data<double>()[i], db.data<double>()[i], 1e-12);
+  for (int64_t i = 0; i < da.numel(); ++i)
+    EXPECT_NEAR(da2.data<double>()[i], da.data<double>()[i], 1e-12);
+  for (int64_t i = 0; i < db.numel(); ++i)
+    EXPECT_NEAR(db2.data<double>()[i], db.data<double>()[i], 1e-12);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dropout, LoraOp, ::testing::Values(0.0, 0.3));
 
 TEST(LoraOp, FloatMatchesDouble) {
   const LoraPath path{0.5, 0.1, 3};
-  Tensor x = random_tensor({9, 16}, 13), a = random_tensor({4, 16}, 14), b = random_tensor({8, 4}, 15);
+  Tensor x = random_tensor({9, 16}, 13), a = random_tensor({4, 16}, 14),
+         b = random_tensor({8, 4}, 15);
   Tensor y = random_tensor({9, 8}, 16), yf = y.to(DType::F32);
   lora_forward(x, a, b, path, y);
   lora_forward(x.to(DType::F32), a.to(DType::F32), b.to(DType::F32), path, yf);
-  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(yf.data<float>()[i], y.data<double>()[i], 1e-4);
+  for (int64_t i = 0; i < y.numel(); ++i)
+    EXPECT_NEAR(yf.data<float>()[i], y.data<double>()[i], 1e-4);
 }
 
 TEST(LoraOp, MismatchedShapesThrow) {
-  Tensor x = random_tensor({3, 7}, 17), a = random_tensor({2, 7}, 18), b = random_tensor({4, 2}, 19);
+  Tensor x = random_tensor({3, 7}, 17), a = random_tensor({2, 7}, 18),
+         b = random_tensor({4, 2}, 19);
   Tensor y = Tensor::empty({3, 4}, DType::F64);
   const LoraPath path;
   Tensor a_bad = random_tensor({2, 6}, 20), b_bad = random_tensor({4, 3}, 21);

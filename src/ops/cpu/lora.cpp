@@ -36,14 +36,15 @@ Tensor dropped(const Tensor& x, const LoraPath& path) {
 void lora_forward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraPath& path,
                   Tensor& y) {
   check_lora_shapes(x, a, b, y);
-  const int64_t k = a.size(1), r = a.size(0), n = b.size(0), m = y.numel() / std::max<int64_t>(1, n);
+  const int64_t k = a.size(1), r = a.size(0), n = b.size(0),
+                m = y.numel() / std::max<int64_t>(1, n);
   const Tensor xd = dropped(x, path);
   Tensor xa = Tensor::empty({m, r}, x.dtype());
   with_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     gemm<T>(false, true, m, r, k, T(1), xd.data<T>(), k, a.data<T>(), k, T(0), xa.data<T>(), r);
-    gemm<T>(false, true, m, n, r, T(path.scale), xa.data<T>(), r, b.data<T>(), r, T(1),
-            y.data<T>(), n);
+    gemm<T>(false, true, m, n, r, T(path.scale), xa.data<T>(), r, b.data<T>(), r, T(1), y.data<T>(),
+            n);
   });
 }
 
@@ -54,7 +55,8 @@ void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, const Lora
   expect_shape(db, b.shape(), "lora db");
   if (dx.defined() && dx.numel() != x.numel())
     throw Error("lora", "dx", shape_str(x.shape()), shape_str(dx.shape()));
-  const int64_t k = a.size(1), r = a.size(0), n = b.size(0), m = dy.numel() / std::max<int64_t>(1, n);
+  const int64_t k = a.size(1), r = a.size(0), n = b.size(0),
+                m = dy.numel() / std::max<int64_t>(1, n);
   const Tensor xd = dropped(x, path);
   Tensor xa = Tensor::empty({m, r}, x.dtype()), g = Tensor::empty({m, r}, x.dtype());
   with_float_type(x.dtype(), [&](auto zero) {

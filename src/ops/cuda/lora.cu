@@ -29,7 +29,8 @@ void lora_forward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraP
                   Tensor& y) {
   check_lora_shapes(x, a, b, y);
   require_all_cuda({&x, &a, &b, &y});
-  const int64_t k = a.size(1), r = a.size(0), n = b.size(0), m = y.numel() / std::max<int64_t>(1, n);
+  const int64_t k = a.size(1), r = a.size(0), n = b.size(0),
+                m = y.numel() / std::max<int64_t>(1, n);
   const DType dt = x.dtype();
   const Tensor xd = dropped(x, path);
   Tensor xa = Tensor::empty({m, r}, dt, Device::CUDA);
@@ -45,7 +46,8 @@ void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, const Lora
   expect_shape(db, b.shape(), "lora db");
   if (dx.defined() && dx.numel() != x.numel())
     throw Error("lora", "dx", shape_str(x.shape()), shape_str(dx.shape()));
-  const int64_t k = a.size(1), r = a.size(0), n = b.size(0), m = dy.numel() / std::max<int64_t>(1, n);
+  const int64_t k = a.size(1), r = a.size(0), n = b.size(0),
+                m = dy.numel() / std::max<int64_t>(1, n);
   const DType dt = x.dtype();
   const float s = float(path.scale);
   const Tensor xd = dropped(x, path);
