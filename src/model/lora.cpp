@@ -32,10 +32,12 @@ bool matches_entry(const std::string& name, const std::string& entry) {
 struct Module {
   std::string canonical, peft;  // layers.3.mixer.q_proj / model.layers.3.mixer.q_proj
   Shape shape;
+  int64_t experts = 0;  // E for an expert weight [E, out, in]
 };
 
 struct ModelModules {
   std::vector<Module> linear, experts, other;  // `other`: weights LoRA cannot adapt here
+  std::vector<Module> adaptable;               // linear and experts, in parameter order
 };
 
 ModelModules model_modules(const ModelConfig& config) {
@@ -43,13 +45,19 @@ ModelModules model_modules(const ModelConfig& config) {
   ModelModules m;
   for (const ParamSpec& s : param_specs(config, config.tie_word_embeddings)) {
     if (is_expert_weight(s.name)) {
-      m.experts.push_back({s.name, prefix + s.name, s.shape});
+      m.experts.push_back({s.name, prefix + s.name, s.shape, s.shape[0]});
+      m.adaptable.push_back(m.experts.back());
       continue;
     }
     if (!s.name.ends_with(".weight")) continue;
     const std::string module = s.name.substr(0, s.name.size() - 7);
     const std::string peft = module == "lm_head" ? module : prefix + module;
-    (kLinearLeaves.count(leaf(module)) ? m.linear : m.other).push_back({module, peft, s.shape});
+    if (!kLinearLeaves.count(leaf(module))) {
+      m.other.push_back({module, peft, s.shape});
+      continue;
+    }
+    m.linear.push_back({module, peft, s.shape});
+    m.adaptable.push_back(m.linear.back());
   }
   if (config.tie_word_embeddings) m.other.push_back({"lm_head", "lm_head", {}});
   return m;
@@ -176,22 +184,16 @@ std::vector<LoraTarget> lora_targets(const ModelConfig& config, const LoraConfig
                 "none");
 
   std::vector<LoraTarget> out;
-  auto add = [&](const Module& m, int64_t experts) {
-    if (!chosen.count(m.canonical)) return;
-    LoraTarget t{m.canonical, experts, m.shape[m.shape.size() - 2], m.shape.back()};
+  for (const Module& m : mods.adaptable) {
+    if (!chosen.count(m.canonical)) continue;
+    LoraTarget t{m.canonical, m.experts, m.shape[m.shape.size() - 2], m.shape.back()};
     if (lora.r > std::min(t.out, t.in))
       throw Error(where, "lora_r",
                   "at most " + std::to_string(std::min(t.out, t.in)) + " (the smaller side of " +
                       m.peft + ", " + std::to_string(t.out) + " x " + std::to_string(t.in) + ")",
                   std::to_string(lora.r));
     out.push_back(std::move(t));
-  };
-  // In parameter order: walk the specs again so linear modules and experts interleave by layer.
-  for (const ParamSpec& s : param_specs(config, config.tie_word_embeddings))
-    for (const auto* list : {&mods.linear, &mods.experts})
-      for (const Module& m : *list)
-        if (m.canonical == s.name || m.canonical + ".weight" == s.name)
-          add(m, list == &mods.experts ? m.shape[0] : 0);
+  }
   return out;
 }
 
