@@ -1,6 +1,7 @@
 #include "ops/lora.h"
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/low_rank.h"
 #include "ops/dropout.h"
 #include "ops/elementwise.h"
 
@@ -42,9 +43,8 @@ void lora_forward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraP
   Tensor xa = Tensor::empty({m, r}, x.dtype());
   with_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    gemm<T>(false, true, m, r, k, T(1), xd.data<T>(), k, a.data<T>(), k, T(0), xa.data<T>(), r);
-    gemm<T>(false, true, m, n, r, T(path.scale), xa.data<T>(), r, b.data<T>(), r, T(1), y.data<T>(),
-            n);
+    add_low_rank(xd.data<T>(), a.data<T>(), b.data<T>(), T(path.scale), m, n, k, r, xa.data<T>(),
+                 y.data<T>());
   });
 }
 
@@ -62,10 +62,8 @@ void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, const Lora
   with_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T s = T(path.scale);
-    gemm<T>(false, true, m, r, k, T(1), xd.data<T>(), k, a.data<T>(), k, T(0), xa.data<T>(), r);
-    gemm<T>(false, false, m, r, n, T(1), dy.data<T>(), n, b.data<T>(), r, T(0), g.data<T>(), r);
-    gemm<T>(true, false, n, r, m, s, dy.data<T>(), n, xa.data<T>(), r, T(1), db.data<T>(), r);
-    gemm<T>(true, false, r, k, m, s, g.data<T>(), r, xd.data<T>(), k, T(1), da.data<T>(), k);
+    low_rank_grads(xd.data<T>(), a.data<T>(), b.data<T>(), dy.data<T>(), s, m, n, k, r,
+                   xa.data<T>(), g.data<T>(), da.data<T>(), db.data<T>());
     if (!dx.defined()) return;
     if (path.dropout == 0) {
       gemm<T>(false, false, m, k, r, s, g.data<T>(), r, a.data<T>(), k, T(1), dx.data<T>(), k);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/low_rank.h"
 #include "ops/cpu/parallel.h"
 
 namespace nh {
@@ -249,25 +250,6 @@ ExpertsLora<T> lora_pointers(const MoeExpertsLora& l, bool grads) {
     p.ddown_b = mutable_or_null<T>(l.ddown_b);
   }
   return p;
-}
-
-// y[m, n] += s · (x[m, k] · a[r, k]ᵀ) · b[n, r]ᵀ, with xa [m, r] scratch.
-template <class T>
-void add_low_rank(const T* x, const T* a, const T* b, T s, int64_t m, int64_t n, int64_t k,
-                  int64_t r, T* xa, T* y) {
-  gemm<T>(false, true, m, r, k, T(1), x, k, a, k, T(0), xa, r);
-  gemm<T>(false, true, m, n, r, s, xa, r, b, r, T(1), y, n);
-}
-
-// The gradients of y += s · (x · aᵀ) · bᵀ for one expert's m rows: g = dy · b [m, r] (returned
-// for the input gradient), db [n, r] += s · dyᵀ · (x · aᵀ), da [r, k] += s · gᵀ · x.
-template <class T>
-void low_rank_grads(const T* x, const T* a, const T* b, const T* dy, T s, int64_t m, int64_t n,
-                    int64_t k, int64_t r, T* xa, T* g, T* da, T* db) {
-  gemm<T>(false, true, m, r, k, T(1), x, k, a, k, T(0), xa, r);
-  gemm<T>(false, false, m, r, n, T(1), dy, n, b, r, T(0), g, r);
-  gemm<T>(true, false, n, r, m, s, dy, n, xa, r, T(1), db, r);
-  gemm<T>(true, false, r, k, m, s, g, r, x, k, T(1), da, k);
 }
 
 template <class T>

@@ -4,6 +4,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.cuh"
+#include "ops/cuda/low_rank.cuh"
 #include "ops/dropout.h"
 #include "ops/elementwise.h"
 #include "ops/lora.h"
@@ -25,6 +26,21 @@ void require_all_cuda(std::initializer_list<const Tensor*> tensors) {
 
 }  // namespace
 
+void add_low_rank(const void* x, const void* a, const void* b, float s, int64_t m, int64_t n,
+                  int64_t k, int64_t r, void* xa, void* y, DType dt) {
+  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
+  gemm(false, true, m, n, r, s, xa, r, b, r, 1.f, y, n, dt);
+}
+
+void low_rank_grads(const void* x, const void* a, const void* b, const void* dy, float s,
+                    int64_t m, int64_t n, int64_t k, int64_t r, void* xa, void* g, void* da,
+                    void* db, DType dt) {
+  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
+  gemm(false, false, m, r, n, 1.f, dy, n, b, r, 0.f, g, r, dt);
+  gemm(true, false, n, r, m, s, dy, n, xa, r, 1.f, db, r, dt);
+  gemm(true, false, r, k, m, s, g, r, x, k, 1.f, da, k, dt);
+}
+
 void lora_forward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraPath& path,
                   Tensor& y) {
   check_lora_shapes(x, a, b, y);
@@ -34,8 +50,7 @@ void lora_forward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraP
   const DType dt = x.dtype();
   const Tensor xd = dropped(x, path);
   Tensor xa = Tensor::empty({m, r}, dt, Device::CUDA);
-  gemm(false, true, m, r, k, 1.f, xd.raw(), k, a.raw(), k, 0.f, xa.raw(), r, dt);
-  gemm(false, true, m, n, r, float(path.scale), xa.raw(), r, b.raw(), r, 1.f, y.raw(), n, dt);
+  add_low_rank(xd.raw(), a.raw(), b.raw(), float(path.scale), m, n, k, r, xa.raw(), y.raw(), dt);
 }
 
 void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, const LoraPath& path,
@@ -52,10 +67,8 @@ void lora_backward(const Tensor& x, const Tensor& a, const Tensor& b, const Lora
   const float s = float(path.scale);
   const Tensor xd = dropped(x, path);
   Tensor xa = Tensor::empty({m, r}, dt, Device::CUDA), g = Tensor::empty({m, r}, dt, Device::CUDA);
-  gemm(false, true, m, r, k, 1.f, xd.raw(), k, a.raw(), k, 0.f, xa.raw(), r, dt);
-  gemm(false, false, m, r, n, 1.f, dy.raw(), n, b.raw(), r, 0.f, g.raw(), r, dt);
-  gemm(true, false, n, r, m, s, dy.raw(), n, xa.raw(), r, 1.f, db.raw(), r, dt);
-  gemm(true, false, r, k, m, s, g.raw(), r, xd.raw(), k, 1.f, da.raw(), k, dt);
+  low_rank_grads(xd.raw(), a.raw(), b.raw(), dy.raw(), s, m, n, k, r, xa.raw(), g.raw(), da.raw(),
+                 db.raw(), dt);
   if (!dx.defined()) return;
   if (path.dropout == 0) {
     gemm(false, false, m, k, r, s, g.raw(), r, a.raw(), k, 1.f, dx.raw(), k, dt);

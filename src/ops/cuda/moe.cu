@@ -16,6 +16,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.cuh"
+#include "ops/cuda/low_rank.cuh"
 #include "ops/moe.h"
 
 namespace nh::cuda {
@@ -447,24 +448,6 @@ void combine_routed_rows(const T* rows, const int64_t* row_of, const W* topk_w, 
   combine_routed_rows_kernel<T, W><<<blocks_for(n_tokens * dim, kThreads), kThreads, 0, stream()>>>(
       rows, row_of, topk_w, n_tokens, k, dim, out);
   NH_CUDA_CHECK_LAUNCH();
-}
-
-// y[m, n] += s · (x[m, k] · a[r, k]ᵀ) · b[n, r]ᵀ, with xa [m, r] scratch (one expert's LoRA).
-void add_low_rank(const void* x, const void* a, const void* b, float s, int64_t m, int64_t n,
-                  int64_t k, int64_t r, void* xa, void* y, DType dt) {
-  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
-  gemm(false, true, m, n, r, s, xa, r, b, r, 1.f, y, n, dt);
-}
-
-// The gradients of y += s · (x · aᵀ) · bᵀ over one expert's m rows: g = dy · b [m, r] (left for
-// the input gradient), db [n, r] += s · dyᵀ · (x · aᵀ), da [r, k] += s · gᵀ · x.
-void low_rank_grads(const void* x, const void* a, const void* b, const void* dy, float s,
-                    int64_t m, int64_t n, int64_t k, int64_t r, void* xa, void* g, void* da,
-                    void* db, DType dt) {
-  gemm(false, true, m, r, k, 1.f, x, k, a, k, 0.f, xa, r, dt);
-  gemm(false, false, m, r, n, 1.f, dy, n, b, r, 0.f, g, r, dt);
-  gemm(true, false, n, r, m, s, dy, n, xa, r, 1.f, db, r, dt);
-  gemm(true, false, r, k, m, s, g, r, x, k, 1.f, da, k, dt);
 }
 
 // Element `elements` of t (a LoRA factor or its gradient) as a device pointer.
