@@ -20,15 +20,8 @@ MoeMixer::MoeMixer(const ModelConfig& c, const LayerParams& p)
       shared_(c, p, "shared_experts.", c.moe_shared_expert_intermediate_size) {
   moe_check_route_config(route_, c.n_routed_experts);
   const LoraPair up = p.lora("experts.up_proj"), down = p.lora("experts.down_proj");
-  if (up.defined() || down.defined()) lora_.scale = p.lora_runtime()->scale;
-  lora_.up_a = up.a;
-  lora_.up_b = up.b;
-  lora_.dup_a = up.da;
-  lora_.dup_b = up.db;
-  lora_.down_a = down.a;
-  lora_.down_b = down.b;
-  lora_.ddown_a = down.da;
-  lora_.ddown_b = down.db;
+  const double scale = up.defined() || down.defined() ? p.lora_runtime()->scale : 1.0;
+  lora_ = {up.a, up.b, down.a, down.b, up.da, up.db, down.da, down.db, scale};
   if (latent_) {
     fc1_ = Linear(p, "fc1_latent_proj");
     fc2_ = Linear(p, "fc2_latent_proj");
