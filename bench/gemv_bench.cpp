@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bench_model.h"
+#include "cuda_bench.h"
 #include "core/cuda_graph.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
@@ -49,49 +50,12 @@ constexpr int64_t kColdBytes = int64_t(512) << 20;
 // Calls in a graph at least, so that the replay's own start is a small part of its time.
 constexpr int64_t kMinCalls = 20;
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
 // Median microseconds of the work a graph of `work` does, over `calls`.
 double median_us(const std::function<void()>& work, int64_t calls, const Options& o) {
   const CudaGraph graph(work);
-  for (int i = 0; i < o.warmup; ++i) graph.launch();
-  cudaEvent_t start = nullptr, stop = nullptr;
-  check(cudaEventCreate(&start), "event");
-  check(cudaEventCreate(&stop), "event");
-  std::vector<double> us;
-  // Events on the ops' stream (nh::cuda::stream()), which graphs launch on.
-  for (int i = 0; i < o.samples; ++i) {
-    check(cudaEventRecord(start, cudaStreamPerThread), "event record");
-    graph.launch();
-    check(cudaEventRecord(stop, cudaStreamPerThread), "event record");
-    check(cudaEventSynchronize(stop), "event synchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "event time");
-    us.push_back(double(ms) * 1e3 / double(calls));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
-}
-
-// A GPU tensor in `dtype` of normal draws (a random block repeated: the values do not change
-// the time, and drawing a GiB on the host would).
-Tensor random_gpu(const Shape& shape, DType dtype, uint64_t seed) {
-  const int64_t numel = shape_numel(shape), block_numel = std::min<int64_t>(numel, 1 << 20);
-  Tensor block = Tensor::empty({block_numel}, DType::F32);
-  Rng rng(seed);
-  for (int64_t i = 0; i < block_numel; ++i) block.data<float>()[i] = float(rng.normal());
-  const Tensor gpu_block = block.to(dtype).to(Device::CUDA);
-  Tensor t = Tensor::empty(shape, dtype, Device::CUDA), flat = t.reshape({numel});
-  for (int64_t i = 0; i < numel; i += block_numel) {
-    const int64_t len = std::min(block_numel, numel - i);
-    Tensor dst = flat.slice0(i, i + len);
-    dst.copy_from(gpu_block.slice0(0, len));
-  }
-  return t;
+  // Graphs launch on the ops' stream, where the events are recorded.
+  const std::vector<double> ms = event_times_ms([&] { graph.launch(); }, o.samples, o.warmup);
+  return ms[ms.size() / 2] * 1e3 / double(calls);
 }
 
 int64_t parse_dim(const std::string& shape, const std::string& s) {
