@@ -128,25 +128,43 @@ TEST(CudaAttention, MatchesCpuWithOneDocumentGivenExplicitly) {
   expect_matches_cpu(s, DType::F32, document_ids(s, {300}), 600);
 }
 
+// bf16 runs on the tensor-core kernels (attention_flash.cu) for head dims that are multiples of
+// 8: rows of several 64-token tiles, the 8B model's 128-dim heads with 4 query heads per KV head,
+// head dims padded up to a bucket (40 → 64, 72 → 128), with and without documents.
+TEST(CudaAttention, TensorCoreKernelsMatchCpuOnLongRowsAndPaddedHeadDims) {
+  const std::vector<int64_t> lengths = {1, 63, 100, 1, 32, 7, 130, 700};
+  uint64_t seed = 700;
+  for (const AttnShape& s : {AttnShape{1, 1000, 8, 2, 128}, AttnShape{2, 333, 4, 1, 72},
+                             AttnShape{1, 257, 3, 3, 40}}) {
+    expect_matches_cpu(s, DType::BF16, Tensor(), seed += 10);
+    expect_matches_cpu(s, DType::BF16, document_ids(s, lengths), seed += 10);
+  }
+}
+
+// In fp32 (CUDA-core kernels) and bf16 (tensor-core kernels).
 TEST(CudaAttention, BackwardIsBitwiseReproducible) {
   const AttnShape s{2, 300, 6, 2, 64};
   const Shape q_shape = {s.batch, s.seqlen, s.q_heads, s.head_dim};
   const Shape kv_shape = {s.batch, s.seqlen, s.kv_heads, s.head_dim};
-  const Tensor q = to_gpu(random_cpu(q_shape, 71)), k = to_gpu(random_cpu(kv_shape, 72)),
-               v = to_gpu(random_cpu(kv_shape, 73)), dout = to_gpu(random_cpu(q_shape, 74));
-  const Tensor seq_idx = to_gpu(document_ids(s, {50, 130, 7}));
-  Tensor out = gpu_empty(q_shape, DType::F32),
-         lse = gpu_empty({s.batch, s.q_heads, s.seqlen}, DType::F32);
-  cuda::attention_forward(q, k, v, seq_idx, 0.125, out, lse);
-  std::vector<Tensor> grads[2];
-  for (auto& g : grads) {
-    g = {gpu_empty(q_shape, DType::F32), gpu_empty(kv_shape, DType::F32),
-         gpu_empty(kv_shape, DType::F32)};
-    cuda::attention_backward(q, k, v, seq_idx, 0.125, out, lse, dout, g[0], g[1], g[2]);
-  }
-  for (int i = 0; i < 3; ++i) {
-    const Tensor a = to_cpu(grads[0][i]), b = to_cpu(grads[1][i]);
-    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << "gradient " << i;
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const Tensor q = to_gpu(random_cpu(q_shape, 71), dtype),
+                 k = to_gpu(random_cpu(kv_shape, 72), dtype),
+                 v = to_gpu(random_cpu(kv_shape, 73), dtype),
+                 dout = to_gpu(random_cpu(q_shape, 74), dtype);
+    const Tensor seq_idx = to_gpu(document_ids(s, {50, 130, 7}));
+    Tensor out = gpu_empty(q_shape, dtype),
+           lse = gpu_empty({s.batch, s.q_heads, s.seqlen}, DType::F32);
+    cuda::attention_forward(q, k, v, seq_idx, 0.125, out, lse);
+    std::vector<Tensor> grads[2];
+    for (auto& g : grads) {
+      g = {gpu_empty(q_shape, dtype), gpu_empty(kv_shape, dtype), gpu_empty(kv_shape, dtype)};
+      cuda::attention_backward(q, k, v, seq_idx, 0.125, out, lse, dout, g[0], g[1], g[2]);
+    }
+    for (int i = 0; i < 3; ++i) {
+      const Tensor a = to_cpu(grads[0][i]), b = to_cpu(grads[1][i]);
+      EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0)
+          << dtype_name(dtype) << " gradient " << i;
+    }
   }
 }
 

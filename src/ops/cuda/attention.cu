@@ -1,7 +1,8 @@
 // CUDA causal GQA attention (SPEC §3), flash-attention style: scores exist only one tile at a
 // time in shared memory, never as an S×S matrix. Tiles are converted to fp32 on load (zero
 // padded to the head-dim bucket kD = 32, 64 or 128) and every product, the online softmax and
-// the accumulators are fp32 FMA on CUDA cores (tensor cores come with the tuning issue).
+// the accumulators are fp32 FMA on CUDA cores. These kernels serve fp32 and head dims that are
+// not a multiple of 8; bf16 inputs otherwise go to the tensor-core kernels of attention_flash.cu.
 //
 // lse [B, Hq, S] is F32 on the GPU whatever the dtype of q: a bf16 lse would be off by up to
 // 2^-9·|lse| in the exponent, and the backward recomputes every probability from it.
@@ -22,6 +23,7 @@
 #include <type_traits>
 
 #include "ops/attention.h"
+#include "ops/cuda/attention_flash.cuh"
 #include "ops/cuda/common.cuh"
 
 namespace nh::cuda {
@@ -42,10 +44,6 @@ constexpr int kQueryStep = 32;
 // each other nor to a real doc_start (>= 0), so such pairs are masked.
 constexpr int kNoQuery = -1;
 constexpr int kNoKey = -2;
-
-struct AttnDims {
-  int batch, seqlen, q_heads, kv_heads, head_dim;
-};
 
 // Shared-memory row stride of an fp32 tile of head-dim bucket kD: one word of padding puts the
 // rows that a warp reads at the same column in different banks.
@@ -619,6 +617,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   if (q.numel() == 0) return;
   const Tensor bounds = document_bounds(seq_idx, d);
   const int* doc_start = bounds.defined() ? ptr<int>(bounds) : nullptr;
+  if (q.dtype() == DType::BF16 && flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), out.raw()})) {
+    flash_attention_forward(ptr<const bf16>(q), ptr<const bf16>(k), ptr<const bf16>(v), doc_start,
+                            d, float(scale), ptr<bf16>(out), ptr<float>(lse));
+    return;
+  }
   const dim3 grid(blocks_for(d.seqlen, kQueryTile), d.q_heads, d.batch);
   with_gpu_float_type(q.dtype(), [&](auto zero) {
     using T = decltype(zero);
@@ -653,6 +656,16 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     dout_dot_out_kernel<T><<<blocks_for(rows, kDeltaThreads / 32), kDeltaThreads, 0, stream()>>>(
         ptr<const T>(dout), ptr<const T>(out), d, ptr<float>(delta));
     NH_CUDA_CHECK_LAUNCH();
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), dout.raw(), dq.raw(), dk.raw(),
+                                        dv.raw()})) {
+        flash_attention_backward(ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start,
+                                 doc_end, ptr<const float>(lse), ptr<const float>(delta),
+                                 ptr<const T>(dout), d, float(scale), ptr<T>(dq), ptr<T>(dk),
+                                 ptr<T>(dv));
+        return;
+      }
+    }
     with_head_dim_bucket(d.head_dim, [&](auto bucket) {
       constexpr int kD = decltype(bucket)::value;
       launch(attention_backward_dq_kernel<T, kD>,

@@ -1,0 +1,88 @@
+// Warp-level bf16 tensor-core products (mma.sync m16n8k16, fp32 accumulators; sm_80 and later)
+// and the loads of their operand fragments from bf16 tiles in shared memory.
+//
+// Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and
+// c = lane % 4, each 32-bit register holding two bf16 (the lower-index element in the low half):
+//   A (16 × 16): a[0] = A[g][2c, 2c+1]    a[1] = A[g+8][2c, 2c+1]
+//                a[2] = A[g][2c+8, 2c+9]  a[3] = A[g+8][2c+8, 2c+9]
+//   B (16 × 8):  b[0] = B[2c, 2c+1][g]    b[1] = B[2c+8, 2c+9][g]
+//   C (16 × 8):  c[0], c[1] = C[g][2c, 2c+1]   c[2], c[3] = C[g+8][2c, 2c+1]
+// So the C fragments of two neighbouring 8-column tiles are, once packed to bf16, the A fragment
+// of the 16 columns they cover: products chain without going through shared memory.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace nh::cuda {
+
+// d += a · b for one 16 × 8 × 16 tile of the warp.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Two neighbouring bf16 of a row (4-byte aligned).
+__device__ __forceinline__ uint32_t load_pair(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// p[0] and p[stride]: two rows of one column.
+__device__ __forceinline__ uint32_t load_column_pair(const __nv_bfloat16* p, int stride) {
+  const uint32_t lo = *reinterpret_cast<const uint16_t*>(p);
+  const uint32_t hi = *reinterpret_cast<const uint16_t*>(p + stride);
+  return lo | (hi << 16);
+}
+
+// The lane's fragment coordinates.
+struct Lane {
+  int g, c;
+  __device__ Lane() : g(int(threadIdx.x % 32) / 4), c(int(threadIdx.x % 4)) {}
+};
+
+// A = X[m0 .. m0+16][k0 .. k0+16] of a row-major tile X with `stride` elements per row.
+__device__ __forceinline__ void load_a(const __nv_bfloat16* x, int stride, int m0, int k0,
+                                       const Lane& l, uint32_t (&a)[4]) {
+  const __nv_bfloat16* p = x + (m0 + l.g) * stride + k0 + 2 * l.c;
+  a[0] = load_pair(p);
+  a[1] = load_pair(p + 8 * stride);
+  a[2] = load_pair(p + 8);
+  a[3] = load_pair(p + 8 * stride + 8);
+}
+
+// B[k][n] = X[n0 + n][k0 + k]: the transpose of rows of X (as K in Q·Kᵀ).
+__device__ __forceinline__ void load_b_transposed(const __nv_bfloat16* x, int stride, int n0,
+                                                  int k0, const Lane& l, uint32_t (&b)[2]) {
+  const __nv_bfloat16* p = x + (n0 + l.g) * stride + k0 + 2 * l.c;
+  b[0] = load_pair(p);
+  b[1] = load_pair(p + 8);
+}
+
+// B[k][n] = X[k0 + k][n0 + n]: rows of X as they are (as V in P·V).
+__device__ __forceinline__ void load_b(const __nv_bfloat16* x, int stride, int k0, int n0,
+                                       const Lane& l, uint32_t (&b)[2]) {
+  const __nv_bfloat16* p = x + (k0 + 2 * l.c) * stride + n0 + l.g;
+  b[0] = load_column_pair(p, stride);
+  b[1] = load_column_pair(p + 8 * stride, stride);
+}
+
+// The A fragment of 16 columns of a 16-row product held as the C fragments of its first (lo)
+// and last (hi) 8 columns, rounded to bf16.
+__device__ __forceinline__ void c_to_a(const float (&lo)[4], const float (&hi)[4],
+                                       uint32_t (&a)[4]) {
+  a[0] = pack_bf16(lo[0], lo[1]);
+  a[1] = pack_bf16(lo[2], lo[3]);
+  a[2] = pack_bf16(hi[0], hi[1]);
+  a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+}  // namespace nh::cuda
