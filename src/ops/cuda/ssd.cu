@@ -28,36 +28,18 @@
 #include <utility>
 
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/ssd_tiles.cuh"
 #include "ops/ssd.h"
 
 namespace nh::cuda {
 
 namespace {
 
+using namespace ssd_tiles;
+
 struct SsdDims {
   int64_t batch, seqlen, heads, head_dim, groups, state, chunk, n_chunks;
 };
-
-// The matrix steps: a block of 256 threads owns a 64 × 64 output tile, each thread a 4 × 4
-// sub-tile (rows ty + 16u, columns tx + 16w), and both operands pass through shared memory 16
-// reduction indices at a time. Two-stage steps (the masked (L ∘ C·Bᵀ)-like matrix, then its
-// product with x, dy, B or C) keep the first stage's 64 × 64 tile in shared memory.
-constexpr int kThreads = 256;
-constexpr int kTile = 64;
-constexpr int kSlice = 16;
-constexpr int kPer = kTile / 16;
-constexpr int kPad = kTile + 1;  // padded rows: transposed stores spread over the banks
-
-struct TileShared {
-  float a[kSlice][kPad];  // [k][row] of the first operand
-  float b[kSlice][kPad];  // [k][column] of the second
-  float m[kTile][kPad];   // a first-stage tile, stored [k][row] for the second stage
-};
-
-using Acc = float[kPer][kPer];
-
-__device__ __forceinline__ int tile_row(int u) { return int(threadIdx.x) / 16 + 16 * u; }
-__device__ __forceinline__ int tile_col(int w) { return int(threadIdx.x) % 16 + 16 * w; }
 
 // One (batch, chunk, head), the unit of the per-chunk kernels (numbered with the head fastest),
 // and the offsets of its chunk-local token t in each layout.
@@ -98,77 +80,6 @@ __device__ float intra_decay(const ChunkHead& ch, const float* cs, const int32_t
                              int j) {
   if (j > i || i >= ch.len || doc[ch.at_row(i)] != doc[ch.at_row(j)]) return 0.f;
   return expf(cs[ch.at_head(i)] - cs[ch.at_head(j)]);
-}
-
-// dst[kk][m] = f(k0 + kk, m) for kk < kSlice, m < kTile, zero where k0 + kk >= K (f predicates m
-// itself). The loop order follows the operand's memory layout (contiguous along k or along m)
-// so that neighbouring threads read neighbouring addresses.
-template <bool kAlongK, class F>
-__device__ void stage_slice(float (*dst)[kPad], int k0, int K, F&& f) {
-  for (int e = threadIdx.x; e < kSlice * kTile; e += kThreads) {
-    const int kk = kAlongK ? e % kSlice : e / kTile;
-    const int m = kAlongK ? e / kSlice : e % kTile;
-    dst[kk][m] = k0 + kk < K ? f(k0 + kk, m) : 0.f;
-  }
-}
-
-// acc[u][w] += Σ_kk a[kk][tile_row(u)] · b[kk][tile_col(w)]
-__device__ void multiply_slice(const float (*a)[kPad], const float (*b)[kPad], Acc& acc) {
-#pragma unroll
-  for (int kk = 0; kk < kSlice; ++kk) {
-    float av[kPer], bv[kPer];
-#pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-      av[u] = a[kk][tile_row(u)];
-      bv[u] = b[kk][tile_col(u)];
-    }
-#pragma unroll
-    for (int u = 0; u < kPer; ++u)
-#pragma unroll
-      for (int w = 0; w < kPer; ++w) acc[u][w] += av[u] * bv[w];
-  }
-}
-
-// acc[row][col] += Σ_{k < K} fa(k, row) · fb(k, col). Called by the whole block.
-template <bool kAAlongK, bool kBAlongK, class FA, class FB>
-__device__ void gemm_tile(int K, FA&& fa, FB&& fb, TileShared& sm, Acc& acc) {
-  for (int k0 = 0; k0 < K; k0 += kSlice) {
-    stage_slice<kAAlongK>(sm.a, k0, K, fa);
-    stage_slice<kBAlongK>(sm.b, k0, K, fb);
-    __syncthreads();
-    multiply_slice(sm.a, sm.b, acc);
-    __syncthreads();
-  }
-}
-
-// acc[row][col] += Σ_{k < K} sm.m[k][row] · fb(k, col), K <= kTile: the second stage.
-template <bool kBAlongK, class FB>
-__device__ void gemm_tile_shared_a(int K, FB&& fb, TileShared& sm, Acc& acc) {
-  for (int k0 = 0; k0 < K; k0 += kSlice) {
-    stage_slice<kBAlongK>(sm.b, k0, K, fb);
-    __syncthreads();
-    multiply_slice(&sm.m[k0], sm.b, acc);
-    __syncthreads();
-  }
-}
-
-// sm.m[col][row] = v[row][col] · scale(row, col): a first-stage tile, transposed so that its
-// columns become the reduction index of the second stage. The next gemm_tile_shared_a
-// synchronises before reading it.
-template <class F>
-__device__ void store_transposed(const Acc& v, F&& scale, TileShared& sm) {
-#pragma unroll
-  for (int u = 0; u < kPer; ++u)
-#pragma unroll
-    for (int w = 0; w < kPer; ++w)
-      sm.m[tile_col(w)][tile_row(u)] = v[u][w] * scale(tile_row(u), tile_col(w));
-}
-
-// Sum over the 16 threads of a tile row (lanes with the same ty, inside one warp). Every thread
-// of the warp must call it.
-__device__ float row_sum(float v) {
-  for (int m = 8; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
 }
 
 // Sum over a block of kThreads in a fixed order (a tree over shared memory).
@@ -229,7 +140,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     chunk_state_kernel(SsdDims d, const float* weight, const T* dt, const T* u, const T* v,
                        float* out) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int64_t p0 = int64_t(blockIdx.y) * kTile, n0 = int64_t(blockIdx.z) * kTile;
   Acc acc = {};
@@ -260,21 +171,37 @@ __global__ void __launch_bounds__(kThreads)
 // decay(c) = decay_in of the chunk's last token (zero when a document starts inside it).
 // start and end are [B, H, P, N] in the storage type, each optional; end may be F32 instead
 // (E = float: a bf16 prefill hands its final state to fp32 decoding).
+// The chunks go kPassBatch at a time, their loads issued before any store: the walk is bound by
+// memory latency, not bandwidth.
+constexpr int kPassBatch = 8;
+
 template <class T, class E>
-__global__ void pass_states_kernel(SsdDims d, float* states, const float* decay_in, bool reverse,
-                                   const T* start, E* end) {
+__global__ void pass_states_kernel(SsdDims d, float* __restrict__ states,
+                                   const float* __restrict__ decay_in, bool reverse,
+                                   const T* __restrict__ start, E* __restrict__ end) {
   const int64_t pn_size = d.head_dim * d.state;
   const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (flat >= d.batch * d.heads * pn_size) return;
   const int64_t pn = flat % pn_size, h = flat / pn_size % d.heads, b = flat / pn_size / d.heads;
   float s = start != nullptr ? to_f32(start[flat]) : 0.f;
-  for (int64_t k = 0; k < d.n_chunks; ++k) {
-    const int64_t c = reverse ? d.n_chunks - 1 - k : k;
-    const int64_t i = ((b * d.n_chunks + c) * d.heads + h) * pn_size + pn;
-    const float own = states[i];
-    states[i] = s;
-    const int64_t last = ((c + 1) * d.chunk < d.seqlen ? (c + 1) * d.chunk : d.seqlen) - 1;
-    s = decay_in[(b * d.seqlen + last) * d.heads + h] * s + own;
+  for (int64_t k0 = 0; k0 < d.n_chunks; k0 += kPassBatch) {
+    float own[kPassBatch], decay[kPassBatch];
+    int64_t at[kPassBatch];
+#pragma unroll
+    for (int u = 0; u < kPassBatch; ++u) {
+      const int64_t k = k0 + u, c = reverse ? d.n_chunks - 1 - k : k;
+      if (k >= d.n_chunks) break;
+      at[u] = ((b * d.n_chunks + c) * d.heads + h) * pn_size + pn;
+      own[u] = states[at[u]];
+      const int64_t last = ((c + 1) * d.chunk < d.seqlen ? (c + 1) * d.chunk : d.seqlen) - 1;
+      decay[u] = decay_in[(b * d.seqlen + last) * d.heads + h];
+    }
+#pragma unroll
+    for (int u = 0; u < kPassBatch; ++u) {
+      if (k0 + u >= d.n_chunks) break;
+      states[at[u]] = s;
+      s = decay[u] * s + own[u];
+    }
   }
   if (end != nullptr) end[flat] = from_f32<E>(s);
 }
@@ -288,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
     chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm, const T* D,
                       const float* cs, const float* decay_in, const int32_t* doc,
                       const float* states, T* y) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile;
   const int64_t p0 = int64_t(blockIdx.z) * kTile;
@@ -303,7 +230,7 @@ __global__ void __launch_bounds__(kThreads)
         int(d.state), c_rows,
         [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
         sm, cb);
-    store_transposed(
+    store_first_stage(
         cb,
         [&](int r, int col) {
           const float w = intra_decay(ch, cs, doc, i0 + r, j0 + col);
@@ -362,7 +289,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     chunk_dcs_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
                      const float* cs, const int32_t* doc, float* rows, float* cols) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   __shared__ float col_part[kThreads / 16][kTile];
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
@@ -416,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
     chunk_dx_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
                     const T* D, const float* cs, const float* decay_out, const int32_t* doc,
                     const float* dstates, T* dx, float* ddt_part, float* dD_part) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int j0 = int(blockIdx.y) * kTile;
   const int64_t p0 = int64_t(blockIdx.z) * kTile;
@@ -431,7 +358,7 @@ __global__ void __launch_bounds__(kThreads)
         int(d.state), b_rows,
         [&](int n, int col) { return i0 + col < ch.len ? to_f32(Cm[ch.at_bc(i0 + col, n)]) : 0.f; },
         sm, bc);
-    store_transposed(
+    store_first_stage(
         bc, [&](int r, int col) { return intra_decay(ch, cs, doc, i0 + col, j0 + r); }, sm);
     gemm_tile_shared_a<false>(
         min(kTile, ch.len - i0),
@@ -484,7 +411,7 @@ __global__ void __launch_bounds__(kThreads)
     chunk_dC_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
                     const float* cs, const float* decay_in, const int32_t* doc, const float* states,
                     float* dC_heads, float* off_part) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile;
   const int64_t n0 = int64_t(blockIdx.z) * kTile;
@@ -499,7 +426,7 @@ __global__ void __launch_bounds__(kThreads)
         int(d.head_dim), dy_rows,
         [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; },
         sm, dyx);
-    store_transposed(
+    store_first_stage(
         dyx,
         [&](int r, int col) {
           const float w = intra_decay(ch, cs, doc, i0 + r, j0 + col);
@@ -550,7 +477,7 @@ __global__ void __launch_bounds__(kThreads)
     chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
                     const float* cs, const float* decay_out, const int32_t* doc,
                     const float* dstates, float* dB_heads, float* v_part) {
-  __shared__ TileShared sm;
+  __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int j0 = int(blockIdx.y) * kTile;
   const int64_t n0 = int64_t(blockIdx.z) * kTile;
@@ -563,7 +490,7 @@ __global__ void __launch_bounds__(kThreads)
         int(d.head_dim), x_rows,
         [&](int p, int col) { return i0 + col < ch.len ? to_f32(dy[ch.at_x(i0 + col, p)]) : 0.f; },
         sm, xdy);
-    store_transposed(
+    store_first_stage(
         xdy,
         [&](int r, int col) {
           const float w = intra_decay(ch, cs, doc, i0 + col, j0 + r);
