@@ -1,9 +1,10 @@
 // CUDA SSD (SPEC §2): the chunked scan of src/ops/cpu/ssd.cpp, one kernel per step of mamba_ssm's
 // decomposition so that each can be replaced on its own (by a tensor-core version):
-//   forward:  chunk_cumsum → chunk_state → pass_states → chunk_scan
+//   forward:  chunk_cumsum → chunk_cb (C·Bᵀ per group) → chunk_state → pass_states → chunk_scan
 //   backward: the same first three (recomputing the states entering each chunk), chunk_state of
 //             dy (the state gradient each chunk sends back) → pass_states in reverse →
-//             state_decay_grad, chunk_dcs, chunk_dx, chunk_dC, chunk_dB → finish_dt →
+//             state_decay_grad, chunk_dyx (dy·xᵀ per head), chunk_dcs, chunk_dx, chunk_dC,
+//             chunk_dB → finish_dt →
 //             group_sum, param_grad
 // Storage F32 or BF16; cumulative sums, decays, states and every product in fp32.
 //
@@ -25,6 +26,7 @@
 // buffers that one kernel then adds in a fixed order (dB, dC over a group's heads as the CPU).
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "ops/cuda/common.cuh"
@@ -36,6 +38,11 @@ namespace nh::cuda {
 namespace {
 
 using namespace ssd_tiles;
+
+// Blocks per multiprocessor the tile kernels are compiled for: the bf16 engine's are latency
+// bound, so registers are traded for a third resident block.
+template <class T>
+constexpr int kMatrixBlocks = std::is_same_v<T, bf16> ? 3 : 1;
 
 struct SsdDims {
   int64_t batch, seqlen, heads, head_dim, groups, state, chunk, n_chunks;
@@ -51,6 +58,8 @@ struct ChunkHead {
   int64_t head0, head_step;  // [B, S, H]
   int64_t row0;              // [B, S]
   int64_t state0;            // this chunk's P × N block of [B, n_chunks, H, P, N]
+  int64_t cb0;               // its group's Q × Q block of [B, n_chunks, G, Q, Q] (Q = chunk)
+  int64_t dyx0;              // its own Q × Q block of [B, n_chunks, H, Q, Q]
 
   __device__ ChunkHead(const SsdDims& d, int64_t flat) {
     h = flat % d.heads;
@@ -67,6 +76,8 @@ struct ChunkHead {
     head_step = d.heads;
     head0 = row0 * d.heads + h;
     state0 = ((b * d.n_chunks + c) * d.heads + h) * d.head_dim * d.state;
+    cb0 = ((b * d.n_chunks + c) * d.groups + g) * d.chunk * d.chunk;
+    dyx0 = flat * d.chunk * d.chunk;
   }
   __device__ int64_t at_x(int t, int64_t p) const { return x0 + t * x_step + p; }
   __device__ int64_t at_bc(int t, int64_t n) const { return bc0 + t * bc_step + n; }
@@ -80,6 +91,22 @@ __device__ float intra_decay(const ChunkHead& ch, const float* cs, const int32_t
                              int j) {
   if (j > i || i >= ch.len || doc[ch.at_row(i)] != doc[ch.at_row(j)]) return 0.f;
   return expf(cs[ch.at_head(i)] - cs[ch.at_head(j)]);
+}
+
+// acc = rows r0 … and columns c0 … of a chunk's Q × Q matrix at m + offset (C·Bᵀ of
+// chunk_cb_kernel, dy·xᵀ of chunk_dyx_kernel), or of its transpose when kTransposed; zero outside
+// the chunk.
+template <bool kTransposed>
+__device__ void load_square(const float* m, int64_t offset, const SsdDims& d, const ChunkHead& ch,
+                            int r0, int c0, Acc& acc) {
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int r = r0 + tile_row(u), c = c0 + tile_col(w);
+      const int i = kTransposed ? c : r, j = kTransposed ? r : c;
+      acc[u][w] = r < ch.len && c < ch.len ? m[offset + i * d.chunk + j] : 0.f;
+    }
 }
 
 // Sum over a block of kThreads in a fixed order (a tree over shared memory).
@@ -133,6 +160,56 @@ __global__ void chunk_cumsum_kernel(SsdDims d, const T* dt, const T* A, const in
 
 // Step 2, block per (batch, chunk, head) × 64 × 64 tile of (p, n):
 //   out[p, n] = Σ_t weight_t · (dt_t if dt) · u_t[p] · v_t[n]
+// Step 1b, block per (batch, chunk, group) × 64 × 64 tile of (i, j), j tile <= i tile:
+// cbm[i][j] = C_i·B_j, fp32 [B, n_chunks, G, Q, Q], formed once for the group's heads.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_cb_kernel(SsdDims d, const T* Bm, const T* Cm, float* cbm) {
+  __shared__ TileShared<T> sm;
+  const int64_t unit = blockIdx.x, g = unit % d.groups;
+  const ChunkHead ch(d, unit / d.groups * d.heads + g * (d.heads / d.groups));
+  const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
+  if (i0 >= ch.len || j0 > i0) return;
+  Acc acc = {};
+  gemm_tile<true, true>(
+      int(d.state),
+      [&](int n, int r) { return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f; },
+      [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
+      sm, acc);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int i = i0 + tile_row(u), j = j0 + tile_col(w);
+      if (i < ch.len && j < ch.len) cbm[ch.cb0 + i * d.chunk + j] = acc[u][w];
+    }
+}
+
+// Backward, block per (batch, chunk, head) × 64 × 64 tile of (i, j), j tile <= i tile:
+// dyxm[i][j] = dy_i·x_j, fp32 [B, n_chunks, H, Q, Q], which chunk_dcs, chunk_dC and chunk_dB
+// all read.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    chunk_dyx_kernel(SsdDims d, const T* x, const T* dy, float* dyxm) {
+  __shared__ TileShared<T> sm;
+  const ChunkHead ch(d, blockIdx.x);
+  const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
+  if (i0 >= ch.len || j0 > i0) return;
+  Acc acc = {};
+  gemm_tile<true, true>(
+      int(d.head_dim),
+      [&](int p, int r) { return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f; },
+      [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; }, sm,
+      acc);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int i = i0 + tile_row(u), j = j0 + tile_col(w);
+      if (i < ch.len && j < ch.len) dyxm[ch.dyx0 + i * d.chunk + j] = acc[u][w];
+    }
+}
+
 // Forward: (weight, u, v) = (decay_out, x, Bm) with dt, the chunk's own contribution to the state
 // after its last token. Backward: (decay_in, dy, Cm) without dt, the gradient the chunk's outputs
 // send to the state entering it. out is fp32 [B, n_chunks, H, P, N].
@@ -211,9 +288,9 @@ __global__ void pass_states_kernel(SsdDims d, float* __restrict__ states,
 //       + decay_in_i · S_in C_i + D x_i
 // states holds S_in per chunk (after pass_states).
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm, const T* D,
-                      const float* cs, const float* decay_in, const int32_t* doc,
+__global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
+    chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Cm, const T* D,
+                      const float* cbm, const float* cs, const float* decay_in, const int32_t* doc,
                       const float* states, T* y) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -225,11 +302,8 @@ __global__ void __launch_bounds__(kThreads)
   };
   Acc acc = {};
   for (int j0 = 0; j0 <= i0; j0 += kTile) {
-    Acc cb = {};
-    gemm_tile<true, true>(
-        int(d.state), c_rows,
-        [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
-        sm, cb);
+    Acc cb;
+    load_square<false>(cbm, ch.cb0, d, ch, i0, j0, cb);
     store_first_stage(
         cb,
         [&](int r, int col) {
@@ -286,25 +360,16 @@ __global__ void __launch_bounds__(kThreads)
 // each formed once and summed over the tile's j into rows [j tiles, B, S, H] (dcs_i += t_ij) and
 // over its i into cols [i tiles, B, S, H] (dcs_j −= t_ij).
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_dcs_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
-                     const float* cs, const int32_t* doc, float* rows, float* cols) {
-  __shared__ TileShared<T> sm;
+__global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
+    chunk_dcs_kernel(SsdDims d, const T* dt, const float* cbm, const float* dyxm, const float* cs,
+                     const int32_t* doc, float* rows, float* cols) {
   __shared__ float col_part[kThreads / 16][kTile];
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
   if (i0 >= ch.len || j0 > i0) return;
-  Acc cb = {}, dyx = {};
-  gemm_tile<true, true>(
-      int(d.state),
-      [&](int n, int r) { return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f; },
-      [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
-      sm, cb);
-  gemm_tile<true, true>(
-      int(d.head_dim),
-      [&](int p, int r) { return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f; },
-      [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; }, sm,
-      dyx);
+  Acc cb, dyx;
+  load_square<false>(cbm, ch.cb0, d, ch, i0, j0, cb);
+  load_square<false>(dyxm, ch.dyx0, d, ch, i0, j0, dyx);
   const int64_t size = d.batch * d.seqlen * d.heads;
   float col_sum[kPer] = {};
 #pragma unroll
@@ -339,9 +404,9 @@ __global__ void __launch_bounds__(kThreads)
 // and per token, summed over this p tile: x_j·dxd_j (ddt's direct part) and dy_j·x_j (dD), into
 // [p tiles, B, S, H].
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_dx_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
-                    const T* D, const float* cs, const float* decay_out, const int32_t* doc,
+__global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
+    chunk_dx_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* D,
+                    const float* cbm, const float* cs, const float* decay_out, const int32_t* doc,
                     const float* dstates, T* dx, float* ddt_part, float* dD_part) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -353,11 +418,8 @@ __global__ void __launch_bounds__(kThreads)
   };
   Acc acc = {};
   for (int i0 = j0; i0 < ch.len; i0 += kTile) {
-    Acc bc = {};
-    gemm_tile<true, true>(
-        int(d.state), b_rows,
-        [&](int n, int col) { return i0 + col < ch.len ? to_f32(Cm[ch.at_bc(i0 + col, n)]) : 0.f; },
-        sm, bc);
+    Acc bc;
+    load_square<true>(cbm, ch.cb0, d, ch, j0, i0, bc);
     store_first_stage(
         bc, [&](int r, int col) { return intra_decay(ch, cs, doc, i0 + col, j0 + r); }, sm);
     gemm_tile_shared_a<false>(
@@ -407,9 +469,9 @@ __global__ void __launch_bounds__(kThreads)
 // into dC_heads [B, S, H, N] (fp32), and C_i· of the second (incoming-state) part, the dcs_i of
 // that term, summed over this n tile into off_part [n tiles, B, S, H].
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_dC_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
-                    const float* cs, const float* decay_in, const int32_t* doc, const float* states,
+__global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
+    chunk_dC_kernel(SsdDims d, const T* dt, const T* dy, const T* Bm, const T* Cm,
+                    const float* dyxm, const float* cs, const float* decay_in, const int32_t* doc, const float* states,
                     float* dC_heads, float* off_part) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -421,11 +483,8 @@ __global__ void __launch_bounds__(kThreads)
   };
   Acc acc = {};
   for (int j0 = 0; j0 <= i0; j0 += kTile) {
-    Acc dyx = {};
-    gemm_tile<true, true>(
-        int(d.head_dim), dy_rows,
-        [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; },
-        sm, dyx);
+    Acc dyx;
+    load_square<false>(dyxm, ch.dyx0, d, ch, i0, j0, dyx);
     store_first_stage(
         dyx,
         [&](int r, int col) {
@@ -473,9 +532,9 @@ __global__ void __launch_bounds__(kThreads)
 // into dB_heads [B, S, H, N] (fp32), and B_j· of the second (state) part, v_j (its dcs is −v_j
 // at j and +v_j at the chunk's last token), summed over this n tile into v_part.
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* dy, const T* Bm, const T* Cm,
-                    const float* cs, const float* decay_out, const int32_t* doc,
+__global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
+    chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm,
+                    const float* dyxm, const float* cs, const float* decay_out, const int32_t* doc,
                     const float* dstates, float* dB_heads, float* v_part) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -485,11 +544,8 @@ __global__ void __launch_bounds__(kThreads)
   auto x_rows = [&](int p, int r) { return j0 + r < ch.len ? to_f32(x[ch.at_x(j0 + r, p)]) : 0.f; };
   Acc acc = {};
   for (int i0 = j0; i0 < ch.len; i0 += kTile) {
-    Acc xdy = {};
-    gemm_tile<true, true>(
-        int(d.head_dim), x_rows,
-        [&](int p, int col) { return i0 + col < ch.len ? to_f32(dy[ch.at_x(i0 + col, p)]) : 0.f; },
-        sm, xdy);
+    Acc xdy;
+    load_square<true>(dyxm, ch.dyx0, d, ch, j0, i0, xdy);
     store_first_stage(
         xdy,
         [&](int r, int col) {
@@ -680,27 +736,37 @@ dim3 tile_grid(const SsdDims& d, int64_t columns) {
 }
 
 // What steps 1-3 leave for the rest: [B, S, H] fp32 cumsums and decays, the [B, S] document
-// counters, and the state entering each chunk [B, n_chunks, H, P, N] fp32.
+// counters, the state entering each chunk [B, n_chunks, H, P, N] fp32 and each chunk's C·Bᵀ
+// per group [B, n_chunks, G, Q, Q] fp32.
 struct ChunkStates {
-  Tensor cs, decay_in, decay_out, doc, states;
+  Tensor cs, decay_in, decay_out, doc, states, cb;
 };
 
 template <class T>
 ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, const Tensor& A,
-                         const Tensor& Bm, const Tensor& seq_idx, const Tensor& initial_state,
-                         Tensor& final_state) {
+                         const Tensor& Bm, const Tensor& Cm, const Tensor& seq_idx,
+                         const Tensor& initial_state, Tensor& final_state) {
   const Shape per_head = {d.batch, d.seqlen, d.heads};
   ChunkStates r{
       Tensor::empty(per_head, DType::F32, Device::CUDA),
       Tensor::empty(per_head, DType::F32, Device::CUDA),
       Tensor::empty(per_head, DType::F32, Device::CUDA),
       Tensor::empty({d.batch, d.seqlen}, DType::I32, Device::CUDA),
-      Tensor::empty({d.batch, d.n_chunks, d.heads, d.head_dim, d.state}, DType::F32, Device::CUDA)};
+      Tensor::empty({d.batch, d.n_chunks, d.heads, d.head_dim, d.state}, DType::F32, Device::CUDA),
+      Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::F32, Device::CUDA)};
   const int64_t units = d.batch * d.n_chunks * d.heads;
   if (units > 0) {
     chunk_cumsum_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
         d, ptr<T>(dt), ptr<T>(A), ptr_or_null<int32_t>(seq_idx), ptr<float>(r.cs),
         ptr<float>(r.decay_in), ptr<float>(r.decay_out), ptr<int32_t>(r.doc));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
+  const dim3 cb_grid(unsigned(d.batch * d.n_chunks * d.groups), unsigned(row_tiles),
+                     unsigned(row_tiles));
+  if (has_blocks(cb_grid)) {
+    chunk_cb_kernel<T><<<cb_grid, kThreads, 0, stream()>>>(d, ptr<T>(Bm), ptr<T>(Cm),
+                                                           ptr<float>(r.cb));
     NH_CUDA_CHECK_LAUNCH();
   }
   const dim3 grid(unsigned(units), tiles(d.head_dim), tiles(d.state));
@@ -739,12 +805,13 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
                  final_state.dtype() == DType::F32 ? DType::F32 : x.dtype(), "final_state");
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, seq_idx, initial_state, final_state);
+    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, final_state);
     const dim3 grid = tile_grid(d, d.head_dim);
     if (has_blocks(grid)) {
       chunk_scan_kernel<T><<<grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D), ptr<float>(cs.cs),
-          ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states), ptr<T>(y));
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(Cm), ptr_or_null<T>(D), ptr<float>(cs.cb),
+          ptr<float>(cs.cs), ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states),
+          ptr<T>(y));
       NH_CUDA_CHECK_LAUNCH();
     }
   });
@@ -768,7 +835,7 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
   with_gpu_float_type(f, [&](auto zero) {
     using T = decltype(zero);
     Tensor no_final;
-    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, seq_idx, initial_state, no_final);
+    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, no_final);
     const int64_t units = d.batch * d.n_chunks * d.heads;
     const int64_t p_tiles = tiles(d.head_dim), n_tiles = tiles(d.state);
     const Shape per_head = {d.batch, d.seqlen, d.heads};
@@ -803,29 +870,33 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
     Tensor off_part = f32({n_tiles, d.batch, d.seqlen, d.heads}), v_part = f32(off_part.shape());
     Tensor rows = f32({row_tiles, d.batch, d.seqlen, d.heads}), cols = f32(rows.shape());
     Tensor dB_heads = f32({d.batch, d.seqlen, d.heads, d.state}), dC_heads = f32(dB_heads.shape());
+    const Tensor dyx = f32({d.batch, d.n_chunks, d.heads, d.chunk, d.chunk});
     const dim3 dcs_grid{unsigned(units), unsigned(row_tiles), unsigned(row_tiles)};
     if (has_blocks(dcs_grid)) {
+      chunk_dyx_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(d, ptr<T>(x), ptr<T>(dy),
+                                                               ptr<float>(dyx));
+      NH_CUDA_CHECK_LAUNCH();
       chunk_dcs_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          d, ptr<T>(dt), ptr<float>(cs.cb), ptr<float>(dyx), ptr<float>(cs.cs),
           ptr<int32_t>(cs.doc), ptr<float>(rows), ptr<float>(cols));
       NH_CUDA_CHECK_LAUNCH();
     }
     const dim3 dx_grid = tile_grid(d, d.head_dim), bc_grid = tile_grid(d, d.state);
     if (has_blocks(dx_grid)) {
       chunk_dx_kernel<T><<<dx_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D),
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr_or_null<T>(D), ptr<float>(cs.cb),
           ptr<float>(cs.cs), ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates),
           ptr<T>(dx), ptr<float>(ddt_part), ptr<float>(dD_part));
       NH_CUDA_CHECK_LAUNCH();
     }
     if (has_blocks(bc_grid)) {
       chunk_dC_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          d, ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
           ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states),
           ptr<float>(dC_heads), ptr<float>(off_part));
       NH_CUDA_CHECK_LAUNCH();
       chunk_dB_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(cs.cs),
+          d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
           ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<float>(dB_heads),
           ptr<float>(v_part));
       NH_CUDA_CHECK_LAUNCH();
