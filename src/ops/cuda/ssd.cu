@@ -171,11 +171,8 @@ __global__ void __launch_bounds__(kThreads)
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
   if (i0 >= ch.len || j0 > i0) return;
   Acc acc = {};
-  gemm_tile<true, true>(
-      int(d.state),
-      [&](int n, int r) { return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f; },
-      [&](int n, int col) { return j0 + col < ch.len ? to_f32(Bm[ch.at_bc(j0 + col, n)]) : 0.f; },
-      sm, acc);
+  gemm_tile<true, true>(int(d.state), view<true>(Cm + ch.at_bc(i0, 0), ch.bc_step, ch.len - i0),
+                        view<true>(Bm + ch.at_bc(j0, 0), ch.bc_step, ch.len - j0), sm, acc);
 #pragma unroll
   for (int u = 0; u < kPer; ++u)
 #pragma unroll
@@ -196,11 +193,8 @@ __global__ void __launch_bounds__(kThreads)
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
   if (i0 >= ch.len || j0 > i0) return;
   Acc acc = {};
-  gemm_tile<true, true>(
-      int(d.head_dim),
-      [&](int p, int r) { return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f; },
-      [&](int p, int col) { return j0 + col < ch.len ? to_f32(x[ch.at_x(j0 + col, p)]) : 0.f; }, sm,
-      acc);
+  gemm_tile<true, true>(int(d.head_dim), view<true>(dy + ch.at_x(i0, 0), ch.x_step, ch.len - i0),
+                        view<true>(x + ch.at_x(j0, 0), ch.x_step, ch.len - j0), sm, acc);
 #pragma unroll
   for (int u = 0; u < kPer; ++u)
 #pragma unroll
@@ -297,9 +291,7 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
   const int i0 = int(blockIdx.y) * kTile;
   const int64_t p0 = int64_t(blockIdx.z) * kTile;
   if (i0 >= ch.len) return;
-  auto c_rows = [&](int n, int r) {
-    return i0 + r < ch.len ? to_f32(Cm[ch.at_bc(i0 + r, n)]) : 0.f;
-  };
+  const auto c_rows = view<true>(Cm + ch.at_bc(i0, 0), ch.bc_step, ch.len - i0);
   Acc acc = {};
   for (int j0 = 0; j0 <= i0; j0 += kTile) {
     Acc cb;
@@ -311,20 +303,14 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
           return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + col)]) : 0.f;
         },
         sm);
-    gemm_tile_shared_a<false>(
-        min(kTile, ch.len - j0),
-        [&](int k, int col) {
-          return p0 + col < d.head_dim ? to_f32(x[ch.at_x(j0 + k, p0 + col)]) : 0.f;
-        },
-        sm, acc);
+    gemm_tile_shared_a<false>(min(kTile, ch.len - j0),
+                              view<false>(x + ch.at_x(j0, p0), ch.x_step, d.head_dim - p0), sm,
+                              acc);
   }
   Acc from_state = {};
-  gemm_tile<true, true>(
-      int(d.state), c_rows,
-      [&](int n, int col) {
-        return p0 + col < d.head_dim ? states[ch.state0 + (p0 + col) * d.state + n] : 0.f;
-      },
-      sm, from_state);
+  gemm_tile<true, true>(int(d.state), c_rows,
+                        view<true>(states + ch.state0 + p0 * d.state, d.state, d.head_dim - p0),
+                        sm, from_state);
   const float skip = D != nullptr ? to_f32(D[ch.h]) : 0.f;
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
@@ -413,29 +399,21 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
   const int j0 = int(blockIdx.y) * kTile;
   const int64_t p0 = int64_t(blockIdx.z) * kTile;
   if (j0 >= ch.len) return;
-  auto b_rows = [&](int n, int r) {
-    return j0 + r < ch.len ? to_f32(Bm[ch.at_bc(j0 + r, n)]) : 0.f;
-  };
+  const auto b_rows = view<true>(Bm + ch.at_bc(j0, 0), ch.bc_step, ch.len - j0);
   Acc acc = {};
   for (int i0 = j0; i0 < ch.len; i0 += kTile) {
     Acc bc;
     load_square<true>(cbm, ch.cb0, d, ch, j0, i0, bc);
     store_first_stage(
         bc, [&](int r, int col) { return intra_decay(ch, cs, doc, i0 + col, j0 + r); }, sm);
-    gemm_tile_shared_a<false>(
-        min(kTile, ch.len - i0),
-        [&](int k, int col) {
-          return p0 + col < d.head_dim ? to_f32(dy[ch.at_x(i0 + k, p0 + col)]) : 0.f;
-        },
-        sm, acc);
+    gemm_tile_shared_a<false>(min(kTile, ch.len - i0),
+                              view<false>(dy + ch.at_x(i0, p0), ch.x_step, d.head_dim - p0), sm,
+                              acc);
   }
   Acc to_state = {};
-  gemm_tile<true, true>(
-      int(d.state), b_rows,
-      [&](int n, int col) {
-        return p0 + col < d.head_dim ? dstates[ch.state0 + (p0 + col) * d.state + n] : 0.f;
-      },
-      sm, to_state);
+  gemm_tile<true, true>(int(d.state), b_rows,
+                        view<true>(dstates + ch.state0 + p0 * d.state, d.state, d.head_dim - p0),
+                        sm, to_state);
   const float skip = D != nullptr ? to_f32(D[ch.h]) : 0.f;
   const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
 #pragma unroll
@@ -478,9 +456,7 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
   const int i0 = int(blockIdx.y) * kTile;
   const int64_t n0 = int64_t(blockIdx.z) * kTile;
   if (i0 >= ch.len) return;
-  auto dy_rows = [&](int p, int r) {
-    return i0 + r < ch.len ? to_f32(dy[ch.at_x(i0 + r, p)]) : 0.f;
-  };
+  const auto dy_rows = view<true>(dy + ch.at_x(i0, 0), ch.x_step, ch.len - i0);
   Acc acc = {};
   for (int j0 = 0; j0 <= i0; j0 += kTile) {
     Acc dyx;
@@ -492,20 +468,14 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
           return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + col)]) : 0.f;
         },
         sm);
-    gemm_tile_shared_a<false>(
-        min(kTile, ch.len - j0),
-        [&](int k, int col) {
-          return n0 + col < d.state ? to_f32(Bm[ch.at_bc(j0 + k, n0 + col)]) : 0.f;
-        },
-        sm, acc);
+    gemm_tile_shared_a<false>(min(kTile, ch.len - j0),
+                              view<false>(Bm + ch.at_bc(j0, n0), ch.bc_step, d.state - n0), sm,
+                              acc);
   }
   Acc from_state = {};
-  gemm_tile<true, false>(
-      int(d.head_dim), dy_rows,
-      [&](int p, int col) {
-        return n0 + col < d.state ? states[ch.state0 + p * d.state + n0 + col] : 0.f;
-      },
-      sm, from_state);
+  gemm_tile<true, false>(int(d.head_dim), dy_rows,
+                         view<false>(states + ch.state0 + n0, d.state, d.state - n0), sm,
+                         from_state);
   const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
@@ -541,7 +511,7 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
   const int j0 = int(blockIdx.y) * kTile;
   const int64_t n0 = int64_t(blockIdx.z) * kTile;
   if (j0 >= ch.len) return;
-  auto x_rows = [&](int p, int r) { return j0 + r < ch.len ? to_f32(x[ch.at_x(j0 + r, p)]) : 0.f; };
+  const auto x_rows = view<true>(x + ch.at_x(j0, 0), ch.x_step, ch.len - j0);
   Acc acc = {};
   for (int i0 = j0; i0 < ch.len; i0 += kTile) {
     Acc xdy;
@@ -553,20 +523,14 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
           return w != 0.f ? w * to_f32(dt[ch.at_head(j0 + r)]) : 0.f;
         },
         sm);
-    gemm_tile_shared_a<false>(
-        min(kTile, ch.len - i0),
-        [&](int k, int col) {
-          return n0 + col < d.state ? to_f32(Cm[ch.at_bc(i0 + k, n0 + col)]) : 0.f;
-        },
-        sm, acc);
+    gemm_tile_shared_a<false>(min(kTile, ch.len - i0),
+                              view<false>(Cm + ch.at_bc(i0, n0), ch.bc_step, d.state - n0), sm,
+                              acc);
   }
   Acc to_state = {};
-  gemm_tile<true, false>(
-      int(d.head_dim), x_rows,
-      [&](int p, int col) {
-        return n0 + col < d.state ? dstates[ch.state0 + p * d.state + n0 + col] : 0.f;
-      },
-      sm, to_state);
+  gemm_tile<true, false>(int(d.head_dim), x_rows,
+                         view<false>(dstates + ch.state0 + n0, d.state, d.state - n0), sm,
+                         to_state);
   const int64_t part = int64_t(blockIdx.z) * d.batch * d.seqlen * d.heads;
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {

@@ -5,6 +5,9 @@
 // steps (the masked (L ∘ C·Bᵀ)-like matrix, then its product with x, dy, B or C) keep the first
 // stage's tile in shared memory.
 //
+// An operand is either such a function or a View: plain elements of a strided matrix, which the
+// bf16 engine stages 16 bytes at a time.
+//
 // Two engines behind one interface, chosen by the storage type of the kernel's tensors:
 //   float: fp32 operands, fp32 FMA on the CUDA cores (the exact path the fp32 tests check);
 //   bf16:  operands rounded to bf16 as they are staged and multiplied on the tensor cores
@@ -14,6 +17,8 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
+
+#include <type_traits>
 
 namespace nh::cuda::ssd_tiles {
 
@@ -31,6 +36,24 @@ __device__ __forceinline__ int tile_col(int w) { return int(threadIdx.x) % 16 + 
 __device__ __forceinline__ float row_sum(float v) {
   for (int m = 8; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
   return v;
+}
+
+// Element (k, m) of an operand read straight from memory: p[m·stride + k] when kAlongK (rows m
+// contiguous in k, as C rows in C·Bᵀ), else p[k·stride + m]; zero for m >= valid (and, as for
+// every operand, for k >= K).
+template <class E, bool kAlongK>
+struct View {
+  const E* p;
+  int64_t stride;
+  int64_t valid;
+  __device__ float operator()(int k, int m) const {
+    return m < valid ? to_f32(p[kAlongK ? m * stride + k : k * stride + m]) : 0.f;
+  }
+};
+
+template <bool kAlongK, class E>
+__device__ View<E, kAlongK> view(const E* p, int64_t stride, int64_t valid) {
+  return {p, stride, valid};
 }
 
 template <class T>
@@ -141,6 +164,57 @@ __device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K, 
     const int kk = kAlongK ? e % kSlice : e / kTile;
     const int m = kAlongK ? e / kSlice : e % kTile;
     dst[m][kk] = __float2bfloat16(k0 + kk < K ? f(k0 + kk, m) : 0.f);
+  }
+}
+
+// Eight consecutive elements of a View's row (along k) or column run (along m) as fp32, 16 bytes
+// at a time where the address allows; `n` of them are inside the operand, the rest read 0.
+template <class E>
+__device__ void load8(const E* p, int n, float (&v)[8]) {
+  const bool whole = n >= 8 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  if constexpr (std::is_same_v<E, bf16>) {
+    if (whole) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(p);
+      const bf16* h = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __bfloat162float(h[i]);
+      return;
+    }
+  } else {
+    if (whole) {
+      const float4 lo = *reinterpret_cast<const float4*>(p);
+      const float4 hi = *reinterpret_cast<const float4*>(p + 4);
+      v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+      v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = i < n ? to_f32(p[i]) : 0.f;
+}
+
+// The View form of stage_slice: each thread moves one run of 8 elements (kSlice·kTile / 8 =
+// kThreads runs), along k into one row of dst, or along m into one column.
+template <bool kAlongK, class E>
+__device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K,
+                            const View<E, kAlongK>& v) {
+  constexpr int kSlice = TileShared<bf16>::kSlice;
+  static_assert(kSlice * kTile / 8 == kThreads);
+  float run[8];
+  if constexpr (kAlongK) {
+    const int m = threadIdx.x / (kSlice / 8), kk = threadIdx.x % (kSlice / 8) * 8;
+    const int n = m < v.valid ? min(8, K - (k0 + kk)) : 0;
+    load8(v.p + m * v.stride + k0 + kk, n, run);
+    // Rows are kPad = 40 elements (80 bytes) apart: the run's 16 bytes are aligned.
+    *reinterpret_cast<uint4*>(&dst[m][kk]) =
+        make_uint4(pack_bf16(run[0], run[1]), pack_bf16(run[2], run[3]),
+                   pack_bf16(run[4], run[5]), pack_bf16(run[6], run[7]));
+  } else {
+    const int kk = threadIdx.x % kSlice, m = threadIdx.x / kSlice * 8;
+    const int n = k0 + kk < K ? int(v.valid - m < 8 ? v.valid - m : 8) : 0;
+    load8(v.p + (k0 + kk) * v.stride + m, n, run);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[m + i][kk] = __float2bfloat16(run[i]);
   }
 }
 
