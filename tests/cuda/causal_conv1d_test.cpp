@@ -88,7 +88,7 @@ void expect_matches_cpu(const Case& c, DType dtype, uint64_t seed) {
 TEST(CudaCausalConv1d, MatchesCpuForEveryKernelWidthChannelCountLengthBiasAndDocuments) {
   uint64_t seed = 300;
   for (DType dtype : {DType::F32, DType::BF16})
-    for (int64_t kernel : {1, 2, 3, 4})
+    for (int64_t kernel : {1, 2, 3, 4, 8})
       for (int64_t channels : {1, 33, 3000})
         for (int64_t seq_len : {1, 5, 257})
           for (bool bias : {false, true})
@@ -97,9 +97,9 @@ TEST(CudaCausalConv1d, MatchesCpuForEveryKernelWidthChannelCountLengthBiasAndDoc
                                  seed += 10);
 }
 
-// 3 · 4000 = 12000 tokens: more than 256 chunks of 32 tokens, so chunks grow to 47 tokens, the
-// last is partial, and chunks straddle the boundary between batch rows.
-TEST(CudaCausalConv1d, MatchesCpuWhenWeightGradientChunksAreUneven) {
+// 3 rows of 4000 tokens: runs of 64 tokens whose last is partial in every row, summed over
+// rows for dw and dbias.
+TEST(CudaCausalConv1d, MatchesCpuOverManyRunsOfTokensInSeveralRows) {
   for (DType dtype : {DType::F32, DType::BF16}) {
     expect_matches_cpu({3, 4000, 40, 4, true, true, true, true}, dtype, 7);
     expect_matches_cpu({3, 4000, 40, 4, true, false, true, true}, dtype, 8);
@@ -139,6 +139,8 @@ TEST(CudaCausalConv1d, RejectsBadShapesDtypesAndCpuTensors) {
   EXPECT_THROW(cuda::causal_conv1d_forward(x, w, bias_bad, Tensor(), y), Error);
   EXPECT_THROW(cuda::causal_conv1d_forward(x, w, Tensor(), seq_f32, y), Error);
   EXPECT_THROW(cuda::causal_conv1d_forward(x_cpu, w, Tensor(), Tensor(), y), Error);
+  const Tensor w_wide = to_gpu(random_cpu({8, 9}, 47));  // more taps than the kernels hold
+  EXPECT_THROW(cuda::causal_conv1d_forward(x, w_wide, Tensor(), Tensor(), y), Error);
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // Causal depthwise conv1d + SiLU on the GPU (the contract is in ops/causal_conv1d.h, SPEC §2):
 // storage in F32 or BF16, taps, gradients and the dw/dbias sums in fp32. Channels are last, so
-// one thread per (token, channel) with consecutive threads on consecutive channels reads and
-// writes whole rows of consecutive addresses.
+// consecutive threads on consecutive channels read and write whole rows of consecutive addresses.
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "ops/causal_conv1d.h"
 #include "ops/cuda/common.cuh"
@@ -14,91 +14,125 @@ namespace {
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
 
-// bias[c] + Σ_j w[c,j] · x[row + t - K + 1 + j, c] over the taps inside the row and in token
-// t's document (row = b·S, the first token of the batch row).
-template <class T>
-__device__ float conv_pre_activation(const T* x, const T* w, const T* bias, const int32_t* seq,
-                                     int64_t row, int64_t t, int64_t c, int64_t channels,
-                                     int64_t kernel) {
-  float acc = bias ? to_f32(bias[c]) : 0.f;
-  const int32_t doc = seq ? seq[row + t] : 0;
-  for (int64_t j = 0; j < kernel; ++j) {
-    const int64_t p = t - kernel + 1 + j;
-    if (p < 0 || (seq && seq[row + p] != doc)) continue;
-    acc += to_f32(w[c * kernel + j]) * to_f32(x[(row + p) * channels + c]);
-  }
+// Both kernels stream: a thread owns one channel of a run of kRun tokens of a batch row and
+// walks them in order, holding the last K inputs (and their document ids) in registers, so each
+// input is read once (plus K − 1 tokens of halo). K is a template parameter so that the windows
+// stay in registers.
+constexpr int kRun = 64;
+constexpr int kMaxTaps = 8;
+
+// Shifts a window one token left and puts v last.
+template <int K, class V>
+__device__ __forceinline__ void push(V (&win)[K], V v) {
+#pragma unroll
+  for (int i = 0; i + 1 < K; ++i) win[i] = win[i + 1];
+  win[K - 1] = v;
+}
+
+// bias + Σ_j w[j] · x[t − K + 1 + j] over the taps in token t's document (the window's last).
+template <int K>
+__device__ __forceinline__ float pre_activation(const float (&w)[K], float bias,
+                                                const float (&xw)[K], const int (&doc)[K]) {
+  float acc = bias;
+#pragma unroll
+  for (int j = 0; j < K; ++j)
+    if (doc[j] == doc[K - 1]) acc += w[j] * xw[j];
   return acc;
 }
 
-// One thread per (b, t, c): y = silu(pre-activation).
-template <class T>
-__global__ void causal_conv1d_forward_kernel(const T* x, const T* w, const T* bias,
-                                             const int32_t* seq, int64_t seq_len, int64_t channels,
-                                             int64_t kernel, int64_t n, T* y) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const int64_t bt = i / channels, c = i % channels, t = bt % seq_len;
-  const float pre = conv_pre_activation(x, w, bias, seq, bt - t, t, c, channels, kernel);
-  y[i] = from_f32<T>(pre * sigmoid(pre));
+// The thread's channel, the first token of its run and the run's end; false past the channels.
+struct RunPlace {
+  int64_t c, row, t0, t1;
+  __device__ RunPlace(int64_t seq_len, int64_t channels)
+      : c(int64_t(blockIdx.x) * blockDim.x + threadIdx.x),
+        row(int64_t(blockIdx.z) * seq_len),
+        t0(int64_t(blockIdx.y) * kRun),
+        t1(t0 + kRun < seq_len ? t0 + kRun : seq_len) {}
+};
+
+// Loads w[c, :] and bias[c], and the window of the K − 1 tokens before t0 (0 before the row).
+template <class T, int K>
+__device__ void load_window(const T* x, const T* w, const T* bias, const int32_t* seq,
+                            const RunPlace& r, int64_t channels, float (&wv)[K], float& b,
+                            float (&xw)[K], int (&doc)[K]) {
+#pragma unroll
+  for (int j = 0; j < K; ++j) wv[j] = to_f32(w[r.c * K + j]);
+  b = bias ? to_f32(bias[r.c]) : 0.f;
+#pragma unroll
+  for (int i = 1; i < K; ++i) {
+    const int64_t p = r.t0 - K + i;
+    xw[i] = p >= 0 ? to_f32(x[(r.row + p) * channels + r.c]) : 0.f;
+    doc[i] = p >= 0 && seq ? seq[r.row + p] : 0;
+  }
 }
 
-// One thread per (b, t, c): dpre = dy · silu'(pre), silu'(v) = σ(v)(1 + v(1 − σ(v))), in fp32.
-template <class T>
-__global__ void causal_conv1d_dpre_kernel(const T* x, const T* w, const T* bias, const int32_t* seq,
-                                          const T* dy, int64_t seq_len, int64_t channels,
-                                          int64_t kernel, int64_t n, float* dpre) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const int64_t bt = i / channels, c = i % channels, t = bt % seq_len;
-  const float pre = conv_pre_activation(x, w, bias, seq, bt - t, t, c, channels, kernel);
+__device__ __forceinline__ float silu_grad(float pre) {
   const float s = sigmoid(pre);
-  dpre[i] = to_f32(dy[i]) * s * (1.f + pre * (1.f - s));
+  return s * (1.f + pre * (1.f - s));
 }
 
-// One thread per (b, p, c): token p feeds output t = p + K - 1 - j through tap j, when t is in
-// the row and in p's document; dx gathers those outputs' dpre · w.
-template <class T>
-__global__ void causal_conv1d_dx_kernel(const float* dpre, const T* w, const int32_t* seq,
-                                        int64_t seq_len, int64_t channels, int64_t kernel,
-                                        int64_t n, T* dx) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const int64_t bt = i / channels, c = i % channels, p = bt % seq_len, row = bt - p;
-  const int32_t doc = seq ? seq[bt] : 0;
-  float acc = 0.f;
-  for (int64_t j = 0; j < kernel; ++j) {
-    const int64_t t = p + kernel - 1 - j;
-    if (t >= seq_len || (seq && seq[row + t] != doc)) continue;
-    acc += dpre[(row + t) * channels + c] * to_f32(w[c * kernel + j]);
+// Grid (channel blocks, runs, B): y = silu(pre-activation).
+template <class T, int K>
+__global__ void causal_conv1d_forward_kernel(const T* x, const T* w, const T* bias,
+                                             const int32_t* seq, int64_t seq_len,
+                                             int64_t channels, T* y) {
+  const RunPlace r(seq_len, channels);
+  if (r.c >= channels) return;
+  float wv[K], b, xw[K];
+  int doc[K];
+  load_window<T, K>(x, w, bias, seq, r, channels, wv, b, xw, doc);
+  for (int64_t t = r.t0; t < r.t1; ++t) {
+    const int64_t i = (r.row + t) * channels + r.c;
+    push(xw, to_f32(x[i]));
+    push(doc, seq ? int(seq[r.row + t]) : 0);
+    const float pre = pre_activation(wv, b, xw, doc);
+    y[i] = from_f32<T>(pre * sigmoid(pre));
   }
-  dx[i] = from_f32<T>(acc);
 }
 
-// partial[chunk, j, c] for j < K: Σ over the chunk's tokens, in order, of dpre[t, c] · x[tap j
-// of t, c] (0 for taps outside the row or the document); j = K: Σ dpre[t, c] (the bias).
-// Grid (blocks over (K+1)·C with c fastest, chunks): a warp shares j and reads consecutive c.
-template <class T>
-__global__ void causal_conv1d_dw_partial_kernel(const float* dpre, const T* x, const int32_t* seq,
-                                                int64_t tokens, int64_t seq_len, int64_t channels,
-                                                int64_t kernel, int64_t tokens_per_chunk,
-                                                float* partial) {
-  const int64_t slots = (kernel + 1) * channels;
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= slots) return;
-  const int64_t j = i / channels, c = i % channels;
-  const int64_t bt0 = blockIdx.y * tokens_per_chunk, bt1 = min(tokens, bt0 + tokens_per_chunk);
-  float acc = 0.f;
-  for (int64_t bt = bt0; bt < bt1; ++bt) {
-    const float d = dpre[bt * channels + c];
-    if (j == kernel) {
-      acc += d;
-      continue;
+// Grid (channel blocks, runs, B), the whole backward in one pass: dpre = dy · silu'(pre) for the
+// run's tokens and the K − 1 after it (recomputed: dx of the run's last tokens needs them),
+// dx[p] = Σ_j dpre[p + K − 1 − j] · w[j] over taps in p's document, and the run's shares of dw
+// and dbias into partial[run, j, c] (j = K: dbias), summed in order by add_partials.
+template <class T, int K>
+__global__ void causal_conv1d_backward_kernel(const T* x, const T* w, const T* bias,
+                                              const int32_t* seq, const T* dy, int64_t seq_len,
+                                              int64_t channels, T* dx, float* partial) {
+  const RunPlace r(seq_len, channels);
+  if (r.c >= channels) return;
+  float wv[K], b, xw[K], dwin[K] = {}, dw_run[K] = {}, db_run = 0.f;
+  int doc[K], dwin_doc[K] = {};
+  load_window<T, K>(x, w, bias, seq, r, channels, wv, b, xw, doc);
+  for (int64_t t = r.t0; t < r.t1 + K - 1; ++t) {
+    float dpre = 0.f;
+    if (t < seq_len) {
+      const int64_t i = (r.row + t) * channels + r.c;
+      push(xw, to_f32(x[i]));
+      push(doc, seq ? int(seq[r.row + t]) : 0);
+      dpre = to_f32(dy[i]) * silu_grad(pre_activation(wv, b, xw, doc));
+      if (t < r.t1) {
+#pragma unroll
+        for (int j = 0; j < K; ++j)
+          if (doc[j] == doc[K - 1]) dw_run[j] += dpre * xw[j];
+        db_run += dpre;
+      }
     }
-    const int64_t t = bt % seq_len, row = bt - t, p = t - kernel + 1 + j;
-    if (p < 0 || (seq && seq[row + p] != seq[bt])) continue;
-    acc += d * to_f32(x[(row + p) * channels + c]);
+    push(dwin, dpre);  // tokens past the row give 0
+    push(dwin_doc, doc[K - 1]);
+    const int64_t p = t - (K - 1);  // dpre[p .. p + K − 1] are in the window now
+    if (p >= r.t0 && p < r.t1) {
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < K; ++j)
+        if (dwin_doc[K - 1 - j] == dwin_doc[0]) acc += dwin[K - 1 - j] * wv[j];
+      dx[(r.row + p) * channels + r.c] = from_f32<T>(acc);
+    }
   }
-  partial[blockIdx.y * slots + i] = acc;
+  if (partial == nullptr) return;
+  const int64_t run = int64_t(blockIdx.z) * gridDim.y + blockIdx.y, slots = (K + 1) * channels;
+#pragma unroll
+  for (int j = 0; j < K; ++j) partial[run * slots + j * channels + r.c] = dw_run[j];
+  partial[run * slots + K * channels + r.c] = db_run;
 }
 
 // Sums partial over chunks in order into dw[c, j] (j < K) and dbias[c] (j = K); a null
@@ -131,8 +165,10 @@ void check_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const Tens
   require_cuda(x, "causal_conv1d", "x");
   require_cuda(w, "causal_conv1d", "w");
   if (x.ndim() != 3) throw Error("causal_conv1d", "x shape", "[B, S, C]", shape_str(x.shape()));
-  if (w.ndim() != 2 || w.size(0) != x.size(2) || w.size(1) < 1)
-    throw Error("causal_conv1d", "w shape", "[C, K] with C = " + std::to_string(x.size(2)),
+  if (w.ndim() != 2 || w.size(0) != x.size(2) || w.size(1) < 1 || w.size(1) > kMaxTaps)
+    throw Error("causal_conv1d", "w shape",
+                "[C, K] with C = " + std::to_string(x.size(2)) + " and K in [1, " +
+                    std::to_string(kMaxTaps) + "] on CUDA",
                 shape_str(w.shape()));
   if (w.dtype() != x.dtype())
     throw Error("causal_conv1d", "w dtype", dtype_name(x.dtype()), dtype_name(w.dtype()));
@@ -147,21 +183,42 @@ const T* optional_ptr(const Tensor& t) {
 
 constexpr int kThreads = 256;
 
+// Calls f(std::integral_constant<int, K>) for the kernel width K (checked: 1 to kMaxTaps).
+template <class F>
+void with_taps(int64_t kernel, F&& f) {
+  switch (kernel) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, kMaxTaps>{});
+  }
+}
+
+// Grid of the streaming kernels: channel blocks × runs of a row × rows.
+dim3 run_grid(const Tensor& x) {
+  return dim3(blocks_for(x.size(2), kThreads), unsigned((x.size(1) + kRun - 1) / kRun),
+              unsigned(x.size(0)));
+}
+
 }  // namespace
 
 void causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
                            const Tensor& seq_idx, Tensor& y) {
   check_conv(x, w, bias, seq_idx);
   check(y, x.shape(), x.dtype(), "y");
-  const int64_t n = x.numel();
-  if (n == 0) return;
-  const int64_t seq_len = x.size(1), channels = x.size(2), kernel = w.size(1);
+  if (x.numel() == 0) return;
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    causal_conv1d_forward_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
-        ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias), optional_ptr<int32_t>(seq_idx), seq_len,
-        channels, kernel, n, ptr<T>(y));
-    NH_CUDA_CHECK_LAUNCH();
+    with_taps(w.size(1), [&](auto taps) {
+      causal_conv1d_forward_kernel<T, decltype(taps)::value><<<run_grid(x), kThreads, 0, stream()>>>(
+          ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias), optional_ptr<int32_t>(seq_idx), x.size(1),
+          x.size(2), ptr<T>(y));
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -173,36 +230,26 @@ void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& bias
   check(dx, x.shape(), x.dtype(), "dx");
   if (dw.defined()) check(dw, w.shape(), x.dtype(), "dw");
   if (dbias.defined()) check(dbias, {x.size(2)}, x.dtype(), "dbias");
-  const int64_t n = x.numel();
-  if (n == 0) return;
-  const int64_t seq_len = x.size(1), channels = x.size(2), kernel = w.size(1);
-  const int64_t tokens = x.size(0) * seq_len;
-  // The pre-activation gradient, formed once in fp32 and read by dx, dw and dbias.
-  Tensor dpre = Tensor::empty(x.shape(), DType::F32, Device::CUDA);
-  // dw and dbias in two stages: per-chunk sums over tokens, then a fixed-order sum of the
-  // chunks. The chunking depends only on the shape, so the result is the same on every run.
-  const int64_t tokens_per_chunk = std::max<int64_t>(32, (tokens + 255) / 256);
-  const int64_t chunks = (tokens + tokens_per_chunk - 1) / tokens_per_chunk;
-  const int64_t slots = (kernel + 1) * channels;
+  if (x.numel() == 0) return;
+  const int64_t channels = x.size(2), kernel = w.size(1);
+  const dim3 grid = run_grid(x);
+  // dw and dbias in two stages: per-run sums over tokens, then a fixed-order sum of the runs.
+  // The runs depend only on the shape, so the result is the same on every run.
+  const int64_t runs = int64_t(grid.y) * grid.z, slots = (kernel + 1) * channels;
+  const bool params = dw.defined() || dbias.defined();
+  const Tensor partial =
+      params ? Tensor::empty({runs, slots}, DType::F32, Device::CUDA) : Tensor();
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const int32_t* seq = optional_ptr<int32_t>(seq_idx);
-    causal_conv1d_dpre_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
-        ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias), seq, ptr<T>(dy), seq_len, channels, kernel, n,
-        ptr<float>(dpre));
-    NH_CUDA_CHECK_LAUNCH();
-    causal_conv1d_dx_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
-        ptr<float>(dpre), ptr<T>(w), seq, seq_len, channels, kernel, n, ptr<T>(dx));
-    NH_CUDA_CHECK_LAUNCH();
-    if (!dw.defined() && !dbias.defined()) return;
-    Tensor partial = Tensor::empty({chunks, slots}, DType::F32, Device::CUDA);
-    const dim3 grid(blocks_for(slots, kThreads), unsigned(chunks));
-    causal_conv1d_dw_partial_kernel<T>
-        <<<grid, kThreads, 0, stream()>>>(ptr<float>(dpre), ptr<T>(x), seq, tokens, seq_len,
-                                          channels, kernel, tokens_per_chunk, ptr<float>(partial));
-    NH_CUDA_CHECK_LAUNCH();
+    with_taps(kernel, [&](auto taps) {
+      causal_conv1d_backward_kernel<T, decltype(taps)::value><<<grid, kThreads, 0, stream()>>>(
+          ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias), optional_ptr<int32_t>(seq_idx), ptr<T>(dy),
+          x.size(1), channels, ptr<T>(dx), params ? ptr<float>(partial) : nullptr);
+      NH_CUDA_CHECK_LAUNCH();
+    });
+    if (!params) return;
     causal_conv1d_add_partials_kernel<T><<<blocks_for(slots, kThreads), kThreads, 0, stream()>>>(
-        ptr<float>(partial), chunks, channels, kernel, dw.defined() ? ptr<T>(dw) : nullptr,
+        ptr<float>(partial), runs, channels, kernel, dw.defined() ? ptr<T>(dw) : nullptr,
         dbias.defined() ? ptr<T>(dbias) : nullptr);
     NH_CUDA_CHECK_LAUNCH();
   });

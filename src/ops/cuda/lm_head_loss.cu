@@ -36,49 +36,86 @@ struct LossResult {
   unsigned long long first_bad;
 };
 
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct SumOp {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-
-template <class T, class Op>
-__device__ T warp_reduce(T x, Op op) {
-  for (int offset = 16; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  return x;
-}
-
-// The reduction of x over the block, returned to every thread (a fixed tree: deterministic).
-template <class Op>
-__device__ float block_allreduce(float x, Op op, float identity) {
-  __shared__ float partial[32];
-  __shared__ float result;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  x = warp_reduce(x, op);
-  if (lane == 0) partial[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    x = warp_reduce(lane < int(blockDim.x / 32) ? partial[lane] : identity, op);
-    if (lane == 0) result = x;
-  }
-  __syncthreads();
-  return result;
-}
-
 __device__ __forceinline__ bool counted(int64_t label, int64_t vocab) {
   return label != kIgnoreIndex && label >= 0 && label < vocab;
 }
 
-// logsumexp of one row of logits in fp32, shifted by the row's maximum; called by a whole block.
+// A running maximum m and the sum s of exp(x − m) over the values seen (one pass over a row).
+struct MaxSum {
+  float m = -INFINITY, s = 0.f;
+  __device__ void add(const float* v, int n) {
+    float mx = m;
+    for (int i = 0; i < n; ++i) mx = fmaxf(mx, v[i]);
+    if (mx == -INFINITY) return;
+    float sum = s * __expf(m - mx);
+    for (int i = 0; i < n; ++i) sum += __expf(v[i] - mx);
+    m = mx;
+    s = sum;
+  }
+  __device__ void merge(const MaxSum& o) {
+    const float mx = fmaxf(m, o.m);
+    if (mx == -INFINITY) return;
+    s = s * __expf(m - mx) + o.s * __expf(o.m - mx);
+    m = mx;
+  }
+};
+
+// The merge of every lane's MaxSum, in every lane (a fixed butterfly: deterministic).
+__device__ MaxSum warp_merge(MaxSum ms) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    MaxSum o;
+    o.m = __shfl_xor_sync(0xffffffffu, ms.m, offset);
+    o.s = __shfl_xor_sync(0xffffffffu, ms.s, offset);
+    ms.merge(o);
+  }
+  return ms;
+}
+
+// Elements a thread reads at a time: 16 bytes.
+template <class T>
+constexpr int kVec = 16 / sizeof(T);
+
+// Calls f(i, v, n) for this thread's runs of a row: n = kVec values v of x[i …] (16-byte loads)
+// when the row allows, else single values.
+template <class T, class F>
+__device__ void for_row_runs(const T* x, int64_t vocab, F&& f) {
+  constexpr int kV = kVec<T>;
+  float v[kV];
+  if (vocab % kV == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    for (int64_t i = int64_t(threadIdx.x) * kV; i < vocab; i += int64_t(blockDim.x) * kV) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + i);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kV; ++j) v[j] = to_f32(e[j]);
+      f(i, v, kV);
+    }
+    return;
+  }
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    v[0] = to_f32(x[i]);
+    f(i, v, 1);
+  }
+}
+
+// logsumexp of one row of logits in fp32, in one pass; called by a whole block (a fixed
+// reduction tree: deterministic).
 template <class T>
 __device__ float row_logsumexp(const T* x, int64_t vocab) {
-  float mx = -INFINITY;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, to_f32(x[i]));
-  mx = block_allreduce(mx, MaxOp{}, -INFINITY);
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(to_f32(x[i]) - mx);
-  return mx + logf(block_allreduce(sum, SumOp{}, 0.f));
+  MaxSum ms;
+  for_row_runs(x, vocab, [&](int64_t, const float* v, int n) { ms.add(v, n); });
+  ms = warp_merge(ms);
+  __shared__ MaxSum partial[32];
+  __shared__ float result;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = ms;
+  __syncthreads();
+  if (warp == 0) {
+    ms = lane < int(blockDim.x / 32) ? partial[lane] : MaxSum{};
+    ms = warp_merge(ms);
+    if (lane == 0) result = ms.m + logf(ms.s);
+  }
+  __syncthreads();
+  return result;
 }
 
 // Grid-stride over labels [rows]: the smallest row whose label is bad, into *first_bad.
@@ -117,8 +154,15 @@ __global__ void softmax_minus_onehot_kernel(T* logits, const int64_t* labels, in
     return;
   }
   const float lse = row_logsumexp(x, vocab);
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
-    x[i] = from_f32<T>((__expf(to_f32(x[i]) - lse) - (i == label ? 1.f : 0.f)) * grad_scale);
+  for_row_runs(x, vocab, [&](int64_t i, const float* v, int n) {
+    alignas(16) T out[kVec<T>];
+    for (int j = 0; j < n; ++j)
+      out[j] = from_f32<T>((__expf(v[j] - lse) - (i + j == label ? 1.f : 0.f)) * grad_scale);
+    if (n == kVec<T>)
+      *reinterpret_cast<uint4*>(x + i) = *reinterpret_cast<const uint4*>(out);
+    else
+      x[i] = out[0];
+  });
 }
 
 // One block of kSumThreads: the sum (in double) of terms over counted rows and their count,
