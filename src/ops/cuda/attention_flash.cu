@@ -66,6 +66,39 @@ __device__ void store_rows(const bf16* src, int n, int head_dim, bf16* __restric
   }
 }
 
+// Asynchronous copies to shared memory (cp.async, sm_80+): issued now, waited for with
+// cp_async_wait<N>() (all but the N most recent committed groups have landed).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                   unsigned(__cvta_generic_to_shared(dst))),
+               "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+                   unsigned(__cvta_generic_to_shared(dst))),
+               "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// load_rows through cp.async: the zero padding is stored directly, the rest lands later.
+template <int kRows, int kD>
+__device__ void load_rows_async(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
+                                bf16* dst) {
+  constexpr int kChunks = kD / 8;
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, e = idx % kChunks * 8;
+    bf16* to = dst + r * row_stride<kD>() + e;
+    if (r < n && e < head_dim)
+      cp_async16(to, src + r * stride + e);
+    else
+      *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
+  }
+}
+
 // C fragments of a warp's 16 × kD product, scaled, into rows [16w, 16w + 16) of a tile.
 template <int kD>
 __device__ void stage_rows(const float (&acc)[kD / 8][4], float scale, int w, const Lane& l,
@@ -284,6 +317,16 @@ __global__ void __launch_bounds__(kThreads)
   store_rows<kTile, kD>(q_s, nq, d.head_dim, dq + at(d, b, q0, d.q_heads, h), q_stride);
 }
 
+// One query tile of the dk/dv kernel's walk in shared memory: q and dout rows, lse₂, delta and
+// doc_start per query. Two of them alternate: the next lands while the current is used.
+template <int kD>
+struct QueryTile {
+  bf16 q[kQueryStep * row_stride<kD>()];
+  bf16 dout[kQueryStep * row_stride<kD>()];
+  float lse[kQueryStep], delta[kQueryStep];
+  int first[kQueryStep];
+};
+
 template <int kD>
 __global__ void __launch_bounds__(kThreads)
     flash_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -295,11 +338,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* k_s = reinterpret_cast<bf16*>(smem);
   bf16* v_s = k_s + kTile * kS;
-  bf16* q_s = v_s + kTile * kS;
-  bf16* do_s = q_s + kQueryStep * kS;
-  float* lse_s = reinterpret_cast<float*>(do_s + kQueryStep * kS);
-  float* delta_s = lse_s + kQueryStep;
-  int* first_s = reinterpret_cast<int*>(delta_s + kQueryStep);
+  QueryTile<kD>* tiles = reinterpret_cast<QueryTile<kD>*>(v_s + kTile * kS);
   const Lane l;
   const int w = threadIdx.x / 32;
   const int k0 = blockIdx.x * kTile, kh = blockIdx.y, b = blockIdx.z;
@@ -310,41 +349,62 @@ __global__ void __launch_bounds__(kThreads)
   load_rows<kTile, kD>(v + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, v_s);
   const float scale_log2 = scale * kLog2e;
   // This thread's two rows are keys; queries before k0 see none of them, and none past the end
-  // of the last key's document does.
+  // of the last key's document does. The walk: every q head of the group, each over the query
+  // tiles [q_lo, q_hi).
   const int key[2] = {k0 + w * kWarpRows + l.g, k0 + w * kWarpRows + l.g + 8};
   const int q_lo = k0, q_hi = doc_end ? doc_end[row0 + k0 + nk - 1] : d.seqlen;
+  const int q_tiles = (q_hi - q_lo + kQueryStep - 1) / kQueryStep, steps = group * q_tiles;
+  // Issues the copies of step s into tiles[s % 2] (lse pre-scaled to base 2 when it is used).
+  auto issue = [&](int s) {
+    QueryTile<kD>& tile = tiles[s % 2];
+    const int h = kh * group + s / q_tiles, t0 = q_lo + s % q_tiles * kQueryStep;
+    const int nt = min(kQueryStep, q_hi - t0);
+    const int64_t stat0 = (int64_t(b) * d.q_heads + h) * d.seqlen + t0;
+    load_rows_async<kQueryStep, kD>(q + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
+                                    tile.q);
+    load_rows_async<kQueryStep, kD>(dout + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
+                                    tile.dout);
+    for (int i = threadIdx.x; i < kQueryStep; i += kThreads) {
+      if (i < nt) {
+        cp_async4(&tile.lse[i], lse + stat0 + i);
+        cp_async4(&tile.delta[i], delta + stat0 + i);
+      } else {
+        tile.lse[i] = tile.delta[i] = 0.f;
+      }
+      if (i < nt && doc_start)
+        cp_async4(&tile.first[i], doc_start + row0 + t0 + i);
+      else
+        tile.first[i] = i < nt ? 0 : d.seqlen;  // past the tile: no key is visible
+    }
+    cp_async_commit();
+  };
 
   float dk_acc[kD / 8][4] = {}, dv_acc[kD / 8][4] = {};
-  for (int hg = 0; hg < group; ++hg) {
-    const int h = kh * group + hg;
-    const int64_t stat0 = (int64_t(b) * d.q_heads + h) * d.seqlen;
-    for (int t0 = q_lo; t0 < q_hi; t0 += kQueryStep) {
-      const int nt = min(kQueryStep, q_hi - t0);
-      __syncthreads();
-      load_rows<kQueryStep, kD>(q + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim, q_s);
-      load_rows<kQueryStep, kD>(dout + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
-                                do_s);
-      for (int i = threadIdx.x; i < kQueryStep; i += kThreads) {
-        lse_s[i] = i < nt ? lse[stat0 + t0 + i] * kLog2e : 0.f;
-        delta_s[i] = i < nt ? delta[stat0 + t0 + i] : 0.f;
-        first_s[i] = i >= nt ? d.seqlen : doc_start ? doc_start[row0 + t0 + i] : 0;
+  if (steps > 0) issue(0);
+  for (int s = 0; s < steps; ++s) {
+    if (s + 1 < steps)
+      issue(s + 1);
+    else
+      cp_async_commit();  // an empty group keeps the wait below uniform
+    cp_async_wait<1>();
+    __syncthreads();  // step s's tile (and, at s = 0, k_s and v_s) is in place
+    const QueryTile<kD>& tile = tiles[s % 2];
+    const int t0 = q_lo + s % q_tiles * kQueryStep;
+    float p[kN][4], dp[kN][4];
+    product_abt<kD, kN>(k_s, tile.q, w, l, p);      // sᵀ: keys × queries
+    product_abt<kD, kN>(v_s, tile.dout, w, l, dp);  // dPᵀ
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = j * 8 + 2 * l.c + (e & 1), query = t0 + i, kr = key[e / 2];
+        const bool visible = kr <= query && kr >= tile.first[i];
+        p[j][e] = visible ? exp2f(p[j][e] * scale_log2 - tile.lse[i] * kLog2e) : 0.f;
+        dp[j][e] = p[j][e] * (dp[j][e] - tile.delta[i]);  // dSᵀ
       }
-      __syncthreads();
-      float p[kN][4], dp[kN][4];
-      product_abt<kD, kN>(k_s, q_s, w, l, p);   // sᵀ: keys × queries
-      product_abt<kD, kN>(v_s, do_s, w, l, dp);  // dPᵀ
-#pragma unroll
-      for (int j = 0; j < kN; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = j * 8 + 2 * l.c + (e & 1), query = t0 + i, kr = key[e / 2];
-          const bool visible = kr <= query && kr >= first_s[i];
-          p[j][e] = visible ? exp2f(p[j][e] * scale_log2 - lse_s[i]) : 0.f;
-          dp[j][e] = p[j][e] * (dp[j][e] - delta_s[i]);  // dSᵀ
-        }
-      accumulate_px<kD, kN>(p, do_s, l, dv_acc);
-      accumulate_px<kD, kN>(dp, q_s, l, dk_acc);
-    }
+    accumulate_px<kD, kN>(p, tile.dout, l, dv_acc);
+    accumulate_px<kD, kN>(dp, tile.q, l, dk_acc);
+    __syncthreads();  // everyone is done with tiles[s % 2] before step s + 2 refills it
   }
   __syncthreads();  // k_s and v_s become the staging tiles of dk and dv
   stage_rows<kD>(dk_acc, scale, w, l, k_s);
@@ -364,8 +424,7 @@ constexpr size_t dq_smem() {
 }
 template <int kD>
 constexpr size_t dkdv_smem() {
-  return (2 * kTile + 2 * kQueryStep) * row_stride<kD>() * sizeof(bf16) +
-         kQueryStep * (2 * sizeof(float) + sizeof(int));
+  return 2 * kTile * row_stride<kD>() * sizeof(bf16) + 2 * sizeof(QueryTile<kD>);
 }
 
 template <class Kernel, class... Args>

@@ -215,16 +215,12 @@ __global__ void __launch_bounds__(kThreads)
   const ChunkHead ch(d, blockIdx.x);
   const int64_t p0 = int64_t(blockIdx.y) * kTile, n0 = int64_t(blockIdx.z) * kTile;
   Acc acc = {};
-  gemm_tile<false, false>(
-      ch.len,
-      [&](int t, int r) {
-        if (p0 + r >= d.head_dim) return 0.f;
-        float w = weight[ch.at_head(t)];
-        if (dt != nullptr) w *= to_f32(dt[ch.at_head(t)]);
-        return w * to_f32(u[ch.at_x(t, p0 + r)]);
-      },
-      [&](int t, int col) { return n0 + col < d.state ? to_f32(v[ch.at_bc(t, n0 + col)]) : 0.f; },
-      sm, acc);
+  View<T, false> weighted = view<false>(u + ch.at_x(0, p0), ch.x_step, d.head_dim - p0);
+  weighted.weight = weight + ch.at_head(0);
+  weighted.dt = dt != nullptr ? dt + ch.at_head(0) : nullptr;
+  weighted.weight_stride = ch.head_step;
+  gemm_tile<false, false>(ch.len, weighted,
+                          view<false>(v + ch.at_bc(0, n0), ch.bc_step, d.state - n0), sm, acc);
 #pragma unroll
   for (int u = 0; u < kPer; ++u)
 #pragma unroll

@@ -40,14 +40,23 @@ __device__ __forceinline__ float row_sum(float v) {
 
 // Element (k, m) of an operand read straight from memory: p[m·stride + k] when kAlongK (rows m
 // contiguous in k, as C rows in C·Bᵀ), else p[k·stride + m]; zero for m >= valid (and, as for
-// every operand, for k >= K).
+// every operand, for k >= K). With `weight`, element (k, m) is also multiplied by
+// weight[k·weight_stride] (and by dt[k·weight_stride] with dt): a per-token factor.
 template <class E, bool kAlongK>
 struct View {
   const E* p;
   int64_t stride;
   int64_t valid;
+  const float* weight = nullptr;
+  const E* dt = nullptr;
+  int64_t weight_stride = 0;
+  __device__ float scale(int k) const {
+    if (weight == nullptr) return 1.f;
+    const float w = weight[k * weight_stride];
+    return dt != nullptr ? w * to_f32(dt[k * weight_stride]) : w;
+  }
   __device__ float operator()(int k, int m) const {
-    return m < valid ? to_f32(p[kAlongK ? m * stride + k : k * stride + m]) : 0.f;
+    return m < valid ? to_f32(p[kAlongK ? m * stride + k : k * stride + m]) * scale(k) : 0.f;
   }
 };
 
@@ -205,6 +214,9 @@ __device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K,
     const int m = threadIdx.x / (kSlice / 8), kk = threadIdx.x % (kSlice / 8) * 8;
     const int n = m < v.valid ? min(8, K - (k0 + kk)) : 0;
     load8(v.p + m * v.stride + k0 + kk, n, run);
+    if (v.weight != nullptr)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) run[i] *= i < n ? v.scale(k0 + kk + i) : 0.f;
     // Rows are kPad = 40 elements (80 bytes) apart: the run's 16 bytes are aligned.
     *reinterpret_cast<uint4*>(&dst[m][kk]) =
         make_uint4(pack_bf16(run[0], run[1]), pack_bf16(run[2], run[3]),
@@ -213,6 +225,11 @@ __device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K,
     const int kk = threadIdx.x % kSlice, m = threadIdx.x / kSlice * 8;
     const int n = k0 + kk < K ? int(v.valid - m < 8 ? v.valid - m : 8) : 0;
     load8(v.p + (k0 + kk) * v.stride + m, n, run);
+    if (v.weight != nullptr && n > 0) {
+      const float f = v.scale(k0 + kk);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) run[i] *= f;
+    }
 #pragma unroll
     for (int i = 0; i < 8; ++i) dst[m + i][kk] = __float2bfloat16(run[i]);
   }
