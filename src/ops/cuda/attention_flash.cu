@@ -129,36 +129,38 @@ __device__ __forceinline__ int64_t at(const AttnDims& d, int b, int t, int heads
 // s[j] (the 16 × 8 tiles of a warp's 16 × 8·kN product) = A · Bᵀ with A rows [16w, 16w + 16)
 // of tile `a` and B rows [0, 8·kN) of tile `b`, both [rows][kD].
 template <int kD, int kN>
-__device__ void product_abt(const bf16* a, const bf16* b, int w, const Lane& l,
+__device__ void product_abt(const bf16* a, const bf16* b, int w,
                             float (&s)[kN][4]) {
 #pragma unroll
   for (int j = 0; j < kN; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < kD; kk += 16) {
     uint32_t af[4];
-    load_a(a, row_stride<kD>(), w * kWarpRows, kk, l, af);
+    load_a(a, row_stride<kD>(), w * kWarpRows, kk, af);
 #pragma unroll
-    for (int j = 0; j < kN; ++j) {
-      uint32_t bf[2];
-      load_b_transposed(b, row_stride<kD>(), j * 8, kk, l, bf);
-      mma_bf16(s[j], af, bf);
+    for (int j = 0; j < kN; j += 2) {
+      uint32_t bf[2][2];
+      load_b_transposed(b, row_stride<kD>(), j * 8, kk, bf);
+      mma_bf16(s[j], af, bf[0]);
+      mma_bf16(s[j + 1], af, bf[1]);
     }
   }
 }
 
 // acc (16 × kD) += P · X with P the warp's 16 × 8·kN fragments and X rows [0, 8·kN) of tile x.
 template <int kD, int kN>
-__device__ void accumulate_px(const float (&p)[kN][4], const bf16* x, const Lane& l,
+__device__ void accumulate_px(const float (&p)[kN][4], const bf16* x,
                               float (&acc)[kD / 8][4]) {
 #pragma unroll
   for (int ks = 0; ks < kN / 2; ++ks) {
     uint32_t af[4];
     c_to_a(p[2 * ks], p[2 * ks + 1], af);
 #pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      uint32_t bf[2];
-      load_b(x, row_stride<kD>(), ks * 16, n * 8, l, bf);
-      mma_bf16(acc[n], af, bf);
+    for (int n = 0; n < kD / 8; n += 2) {
+      uint32_t bf[2][2];
+      load_b(x, row_stride<kD>(), ks * 16, n * 8, bf);
+      mma_bf16(acc[n], af, bf[0]);
+      mma_bf16(acc[n + 1], af, bf[1]);
     }
   }
 }
@@ -198,7 +200,7 @@ __global__ void __launch_bounds__(kThreads)
                          d.head_dim, v_s);
     __syncthreads();
     float s[kN][4];
-    product_abt<kD, kN>(q_s, k_s, w, l, s);
+    product_abt<kD, kN>(q_s, k_s, w, s);
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < kN; ++j)
@@ -230,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int n = 0; n < kD / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e / 2];
-    accumulate_px<kD, kN>(s, v_s, l, acc);
+    accumulate_px<kD, kN>(s, v_s, acc);
   }
 
   __syncthreads();  // q_s becomes the staging tile of out
@@ -298,8 +300,8 @@ __global__ void __launch_bounds__(kThreads)
     load_rows<kTile, kD>(v + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, v_s);
     __syncthreads();
     float p[kN][4], dp[kN][4];
-    product_abt<kD, kN>(q_s, k_s, w, l, p);
-    product_abt<kD, kN>(do_s, v_s, w, l, dp);
+    product_abt<kD, kN>(q_s, k_s, w, p);
+    product_abt<kD, kN>(do_s, v_s, w, dp);
 #pragma unroll
     for (int j = 0; j < kN; ++j)
 #pragma unroll
@@ -309,7 +311,7 @@ __global__ void __launch_bounds__(kThreads)
         const float pr = visible ? exp2f(p[j][e] * scale_log2 - lse2[r]) : 0.f;
         dp[j][e] = pr * (dp[j][e] - dlt[r]);  // dS
       }
-    accumulate_px<kD, kN>(dp, k_s, l, acc);
+    accumulate_px<kD, kN>(dp, k_s, acc);
   }
   __syncthreads();
   stage_rows<kD>(acc, scale, w, l, q_s);
@@ -391,8 +393,8 @@ __global__ void __launch_bounds__(kThreads)
     const QueryTile<kD>& tile = tiles[s % 2];
     const int t0 = q_lo + s % q_tiles * kQueryStep;
     float p[kN][4], dp[kN][4];
-    product_abt<kD, kN>(k_s, tile.q, w, l, p);      // sᵀ: keys × queries
-    product_abt<kD, kN>(v_s, tile.dout, w, l, dp);  // dPᵀ
+    product_abt<kD, kN>(k_s, tile.q, w, p);      // sᵀ: keys × queries
+    product_abt<kD, kN>(v_s, tile.dout, w, dp);  // dPᵀ
 #pragma unroll
     for (int j = 0; j < kN; ++j)
 #pragma unroll
@@ -402,8 +404,8 @@ __global__ void __launch_bounds__(kThreads)
         p[j][e] = visible ? exp2f(p[j][e] * scale_log2 - tile.lse[i] * kLog2e) : 0.f;
         dp[j][e] = p[j][e] * (dp[j][e] - tile.delta[i]);  // dSᵀ
       }
-    accumulate_px<kD, kN>(p, tile.dout, l, dv_acc);
-    accumulate_px<kD, kN>(dp, tile.q, l, dk_acc);
+    accumulate_px<kD, kN>(p, tile.dout, dv_acc);
+    accumulate_px<kD, kN>(dp, tile.q, dk_acc);
     __syncthreads();  // everyone is done with tiles[s % 2] before step s + 2 refills it
   }
   __syncthreads();  // k_s and v_s become the staging tiles of dk and dv

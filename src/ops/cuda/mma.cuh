@@ -32,47 +32,55 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Two neighbouring bf16 of a row (4-byte aligned).
-__device__ __forceinline__ uint32_t load_pair(const __nv_bfloat16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-// p[0] and p[stride]: two rows of one column.
-__device__ __forceinline__ uint32_t load_column_pair(const __nv_bfloat16* p, int stride) {
-  const uint32_t lo = *reinterpret_cast<const uint16_t*>(p);
-  const uint32_t hi = *reinterpret_cast<const uint16_t*>(p + stride);
-  return lo | (hi << 16);
-}
-
 // The lane's fragment coordinates.
 struct Lane {
   int g, c;
   __device__ Lane() : g(int(threadIdx.x % 32) / 4), c(int(threadIdx.x % 4)) {}
 };
 
-// A = X[m0 .. m0+16][k0 .. k0+16] of a row-major tile X with `stride` elements per row.
+// Four 8 × 8 bf16 matrices from shared memory (ldmatrix): lane i gives the address of row i % 8
+// of matrix i / 8 (16 bytes, 16-byte aligned) and receives, in r[m], its fragment of matrix m:
+// elements (i / 4, 2·(i % 4) + {0, 1}), or of the transposed matrix with kTrans.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(const __nv_bfloat16* row, uint32_t (&r)[4]) {
+  const unsigned address = unsigned(__cvta_generic_to_shared(row));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+// The loads below read tiles in shared memory with rows `stride` elements apart; stride and the
+// offsets are multiples of 8 elements (16 bytes), as ldmatrix needs.
+
+// A = X[m0 .. m0+16][k0 .. k0+16] of a row-major tile X.
 __device__ __forceinline__ void load_a(const __nv_bfloat16* x, int stride, int m0, int k0,
-                                       const Lane& l, uint32_t (&a)[4]) {
-  const __nv_bfloat16* p = x + (m0 + l.g) * stride + k0 + 2 * l.c;
-  a[0] = load_pair(p);
-  a[1] = load_pair(p + 8 * stride);
-  a[2] = load_pair(p + 8);
-  a[3] = load_pair(p + 8 * stride + 8);
+                                       uint32_t (&a)[4]) {
+  const int lane = int(threadIdx.x % 32), m = lane / 8;  // matrices (m0, k0), (m0+8, k0), …
+  ldmatrix_x4<false>(x + (m0 + lane % 8 + 8 * (m % 2)) * stride + k0 + 8 * (m / 2), a);
 }
 
-// B[k][n] = X[n0 + n][k0 + k]: the transpose of rows of X (as K in Q·Kᵀ).
+// The B fragments of two neighbouring 8-column tiles, b[0] for columns n0 … and b[1] for
+// n0 + 8 …, with B[k][n] = X[n0 + n][k0 + k]: the transpose of rows of X (as K in Q·Kᵀ).
 __device__ __forceinline__ void load_b_transposed(const __nv_bfloat16* x, int stride, int n0,
-                                                  int k0, const Lane& l, uint32_t (&b)[2]) {
-  const __nv_bfloat16* p = x + (n0 + l.g) * stride + k0 + 2 * l.c;
-  b[0] = load_pair(p);
-  b[1] = load_pair(p + 8);
+                                                  int k0, uint32_t (&b)[2][2]) {
+  const int lane = int(threadIdx.x % 32), m = lane / 8;
+  uint32_t r[4];
+  ldmatrix_x4<false>(x + (n0 + lane % 8 + 8 * (m / 2)) * stride + k0 + 8 * (m % 2), r);
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
-// B[k][n] = X[k0 + k][n0 + n]: rows of X as they are (as V in P·V).
+// As load_b_transposed with B[k][n] = X[k0 + k][n0 + n]: rows of X as they are (V in P·V).
 __device__ __forceinline__ void load_b(const __nv_bfloat16* x, int stride, int k0, int n0,
-                                       const Lane& l, uint32_t (&b)[2]) {
-  const __nv_bfloat16* p = x + (k0 + 2 * l.c) * stride + n0 + l.g;
-  b[0] = load_column_pair(p, stride);
-  b[1] = load_column_pair(p + 8 * stride, stride);
+                                       uint32_t (&b)[2][2]) {
+  const int lane = int(threadIdx.x % 32), m = lane / 8;
+  uint32_t r[4];
+  ldmatrix_x4<true>(x + (k0 + lane % 8 + 8 * (m % 2)) * stride + n0 + 8 * (m / 2), r);
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
 // The A fragment of 16 columns of a 16-row product held as the C fragments of its first (lo)

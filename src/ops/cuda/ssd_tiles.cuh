@@ -81,7 +81,7 @@ struct TileShared<float> {
 // bf16 engine: operands pass 32 reduction indices at a time, stored [row][k] as the mma
 // fragments read them (16 bytes of padding per row keep those reads free of bank conflicts).
 template <>
-struct TileShared<bf16> {
+struct alignas(16) TileShared<bf16> {  // 16-byte rows for vector stores and ldmatrix
   static constexpr int kSlice = 32, kPad = kSlice + 8, kMPad = kTile + 8;
   bf16 a[kTile][kPad];    // [row][k] of the first operand
   bf16 b[kTile][kPad];    // [column][k] of the second
@@ -239,16 +239,16 @@ __device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K,
 template <int kAStride>
 __device__ void multiply_slice(const bf16* a, int ka0, const bf16 (*b)[TileShared<bf16>::kPad],
                                Frag& frag) {
-  const Lane l;
 #pragma unroll
   for (int ks = 0; ks < TileShared<bf16>::kSlice; ks += 16) {
     uint32_t af[4];
-    load_a(a, kAStride, warp_row0(), ka0 + ks, l, af);
+    load_a(a, kAStride, warp_row0(), ka0 + ks, af);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t bf[2];
-      load_b_transposed(&b[0][0], TileShared<bf16>::kPad, warp_col0() + 8 * j, ks, l, bf);
-      mma_bf16(frag[j], af, bf);
+    for (int j = 0; j < 4; j += 2) {
+      uint32_t bf[2][2];
+      load_b_transposed(&b[0][0], TileShared<bf16>::kPad, warp_col0() + 8 * j, ks, bf);
+      mma_bf16(frag[j], af, bf[0]);
+      mma_bf16(frag[j + 1], af, bf[1]);
     }
   }
 }
