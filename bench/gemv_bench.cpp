@@ -24,11 +24,11 @@
 #include <vector>
 
 #include "bench_model.h"
-#include "cuda_bench.h"
 #include "core/cuda_graph.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
 #include "core/rng.h"
+#include "cuda_bench.h"
 #include "ops/cuda/gemm.cuh"
 #include "ops/cuda/gemv.cuh"
 #include "ops/linear.h"

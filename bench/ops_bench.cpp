@@ -6,18 +6,19 @@
 //                   [--warmup 3]
 //
 // One JSON line per measurement: {"bench": "op", "name", "T", "ms" (median of the samples,
-// CUDA events on the ops' stream), "ms_min", "flops", "bytes", "peak_gib"}. flops and bytes are
-// the work the op has to do and the bytes it has to move at least (bf16 activations): the
-// table's roofline fractions come from them. peak_gib is the most device memory the op held
-// beyond what existed before it. The first line describes the device (its copy bandwidth and
-// dense bf16 peak). Groups (--only): gemm, ssd, conv, attention, norm, lm_head, adamw, layer,
-// step.
+// CUDA events on the ops' stream), "ms_min", "flops", "bytes", "peak_gib", "peak_total_gib"}.
+// flops and bytes are the work the op has to do and the bytes it has to move at least (bf16
+// activations): the table's roofline fractions come from them. peak_gib is the most device
+// memory the op held beyond what existed before it, peak_total_gib the most held by tensors in
+// all (the model, its gradients and optimizer state included). The first line describes the device
+// (its copy bandwidth and dense bf16 peak). Groups (--only): gemm, ssd, conv, attention, norm,
+// lm_head, adamw, layer, step.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 #include <functional>
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
@@ -66,12 +67,17 @@ class Bench {
     const int64_t before = device_memory_stats().current;
     reset_device_memory_peak();
     const std::vector<double> ms = event_times_ms(work, o_.samples, o_.warmup);
-    const int64_t peak = device_memory_stats().peak - before;
-    nlohmann::ordered_json j = {{"bench", "op"},   {"impl", "nemotronh"},
-                                {"name", name},    {"T", tokens},
-                                {"ms", ms[ms.size() / 2]}, {"ms_min", ms.front()},
-                                {"flops", flops},  {"bytes", bytes},
-                                {"peak_gib", gib(peak)}};
+    const int64_t peak_total = device_memory_stats().peak, peak = peak_total - before;
+    nlohmann::ordered_json j = {{"bench", "op"},
+                                {"impl", "nemotronh"},
+                                {"name", name},
+                                {"T", tokens},
+                                {"ms", ms[ms.size() / 2]},
+                                {"ms_min", ms.front()},
+                                {"flops", flops},
+                                {"bytes", bytes},
+                                {"peak_gib", gib(peak)},
+                                {"peak_total_gib", gib(peak_total)}};
     for (auto& [k, v] : fields.items()) j[k] = v;
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
@@ -109,11 +115,12 @@ void bench_gemms(Bench& b, const ModelConfig& c, int64_t t) {
     Tensor dw = Tensor::zeros({g.n, g.k}, kAct, Device::CUDA);
     const double mkn = double(t) * double(g.k) * double(g.n);
     const nlohmann::ordered_json shape = {{"K", g.k}, {"N", g.n}};
-    b.time("gemm." + g.name + ".fwd", t, 2 * mkn, kBf16 * double(t * g.k + g.n * g.k + t * g.n),
-           [&] { linear_forward(x, w, none, y); }, shape);
-    b.time("gemm." + g.name + ".bwd", t, 4 * mkn,
-           kBf16 * double(2 * (t * g.k + g.n * g.k + t * g.n)),
-           [&] { linear_backward(x, w, dy, dx, dw, none); }, shape);
+    b.time(
+        "gemm." + g.name + ".fwd", t, 2 * mkn, kBf16 * double(t * g.k + g.n * g.k + t * g.n),
+        [&] { linear_forward(x, w, none, y); }, shape);
+    b.time(
+        "gemm." + g.name + ".bwd", t, 4 * mkn, kBf16 * double(2 * (t * g.k + g.n * g.k + t * g.n)),
+        [&] { linear_backward(x, w, dy, dx, dw, none); }, shape);
   }
 }
 
@@ -126,30 +133,37 @@ void bench_ssd(Bench& b, const ModelConfig& c, int64_t t) {
   const Tensor dt = random_gpu({1, t, h}, kAct, 5, 0.05, 0.1);
   const Tensor a = random_gpu({h}, kAct, 6, 2, -5), d = random_gpu({h}, kAct, 7);
   Tensor y = Tensor::empty({1, t, h, p}, kAct, Device::CUDA), none;
-  Tensor dx = Tensor::empty(x.shape(), kAct, Device::CUDA), ddt = Tensor::empty(dt.shape(), kAct, Device::CUDA);
-  Tensor dbm = Tensor::empty(bm.shape(), kAct, Device::CUDA), dcm = Tensor::empty(cm.shape(), kAct, Device::CUDA);
+  Tensor dx = Tensor::empty(x.shape(), kAct, Device::CUDA),
+         ddt = Tensor::empty(dt.shape(), kAct, Device::CUDA);
+  Tensor dbm = Tensor::empty(bm.shape(), kAct, Device::CUDA),
+         dcm = Tensor::empty(cm.shape(), kAct, Device::CUDA);
   Tensor da = Tensor::zeros({h}, kAct, Device::CUDA), dd = Tensor::zeros({h}, kAct, Device::CUDA);
   // Matrix work of the chunked algorithm: C·Bᵀ per group, then per head the intra-chunk product
   // with x, the chunk's state and the state's contribution to y. The backward does about twice.
-  const double flops = double(chunks) * double(g * 2 * q * q * n + h * (2 * q * q * p + 4 * q * n * p));
+  const double flops =
+      double(chunks) * double(g * 2 * q * q * n + h * (2 * q * q * p + 4 * q * n * p));
   const double io = kBf16 * double(t) * double(2 * h * p + 2 * g * n + h);
   const nlohmann::ordered_json shape = {{"H", h}, {"P", p}, {"G", g}, {"N", n}, {"chunk", q}};
-  b.time("ssd.fwd", t, flops, io,
-         [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); }, shape);
-  b.time("ssd.fwd_bwd", t, 3 * flops, io + kBf16 * double(t) * double(3 * h * p + 2 * g * n + h),
-         [&] {
-           ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none);
-           ssd_backward(x, dt, a, bm, cm, d, q, none, none, dy, dx, ddt, da, dbm, dcm, dd, none);
-         },
-         shape);
+  b.time(
+      "ssd.fwd", t, flops, io, [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); },
+      shape);
+  b.time(
+      "ssd.fwd_bwd", t, 3 * flops, io + kBf16 * double(t) * double(3 * h * p + 2 * g * n + h),
+      [&] {
+        ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none);
+        ssd_backward(x, dt, a, bm, cm, d, q, none, none, dy, dx, ddt, da, dbm, dcm, dd, none);
+      },
+      shape);
 }
 
 void bench_conv(Bench& b, const ModelConfig& c, int64_t t) {
   const int64_t ch = c.mamba_num_heads * c.mamba_head_dim + 2 * c.n_groups * c.ssm_state_size;
   const Tensor x = random_gpu({1, t, ch}, kAct, 1), dy = random_gpu({1, t, ch}, kAct, 2);
   const Tensor w = random_gpu({ch, c.conv_kernel}, kAct, 3, 0.3), bias = random_gpu({ch}, kAct, 4);
-  Tensor y = Tensor::empty(x.shape(), kAct, Device::CUDA), dx = Tensor::empty(x.shape(), kAct, Device::CUDA);
-  Tensor dw = Tensor::zeros(w.shape(), kAct, Device::CUDA), db = Tensor::zeros({ch}, kAct, Device::CUDA), none;
+  Tensor y = Tensor::empty(x.shape(), kAct, Device::CUDA),
+         dx = Tensor::empty(x.shape(), kAct, Device::CUDA);
+  Tensor dw = Tensor::zeros(w.shape(), kAct, Device::CUDA),
+         db = Tensor::zeros({ch}, kAct, Device::CUDA), none;
   const double flops = 2.0 * double(t * ch * c.conv_kernel), io = kBf16 * double(2 * t * ch);
   b.time("conv1d.fwd", t, flops, io, [&] { causal_conv1d_forward(x, w, bias, none, y); },
          {{"channels", ch}});
@@ -167,21 +181,24 @@ void bench_attention(Bench& b, const ModelConfig& c, int64_t t) {
   const Tensor v = random_gpu({1, t, kv, hd}, kAct, 3), dout = random_gpu({1, t, h, hd}, kAct, 4);
   Tensor out = Tensor::empty(q.shape(), kAct, Device::CUDA), none;
   Tensor lse = Tensor::empty({1, h, t}, DType::F32, Device::CUDA);
-  Tensor dq = Tensor::empty(q.shape(), kAct, Device::CUDA), dk = Tensor::empty(k.shape(), kAct, Device::CUDA);
+  Tensor dq = Tensor::empty(q.shape(), kAct, Device::CUDA),
+         dk = Tensor::empty(k.shape(), kAct, Device::CUDA);
   Tensor dv = Tensor::empty(v.shape(), kAct, Device::CUDA);
   const double scale = 1.0 / std::sqrt(double(hd));
   // Causal: half of the 4·T²·H·d of Q·Kᵀ and P·V; the backward does 2.5 times the forward.
   const double flops = 2.0 * double(t) * double(t) * double(h * hd);
   const double io = kBf16 * double(t * (2 * h + 2 * kv) * hd);
   const nlohmann::ordered_json shape = {{"heads", h}, {"kv_heads", kv}, {"head_dim", hd}};
-  b.time("attention.fwd", t, flops, io, [&] { attention_forward(q, k, v, none, scale, out, lse); },
-         shape);
-  b.time("attention.fwd_bwd", t, 3.5 * flops, 3 * io,
-         [&] {
-           attention_forward(q, k, v, none, scale, out, lse);
-           attention_backward(q, k, v, none, scale, out, lse, dout, dq, dk, dv);
-         },
-         shape);
+  b.time(
+      "attention.fwd", t, flops, io, [&] { attention_forward(q, k, v, none, scale, out, lse); },
+      shape);
+  b.time(
+      "attention.fwd_bwd", t, 3.5 * flops, 3 * io,
+      [&] {
+        attention_forward(q, k, v, none, scale, out, lse);
+        attention_backward(q, k, v, none, scale, out, lse, dout, dq, dk, dv);
+      },
+      shape);
 }
 
 void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
@@ -189,8 +206,10 @@ void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
   {
     const Tensor x = random_gpu({t, d}, kAct, 1), w = random_gpu({d}, kAct, 2, 0.1, 1);
     const Tensor dy = random_gpu({t, d}, kAct, 3);
-    Tensor y = Tensor::empty({t, d}, kAct, Device::CUDA), dx = Tensor::empty({t, d}, kAct, Device::CUDA);
-    Tensor rstd = Tensor::empty({t}, DType::F32, Device::CUDA), dw = Tensor::zeros({d}, kAct, Device::CUDA);
+    Tensor y = Tensor::empty({t, d}, kAct, Device::CUDA),
+           dx = Tensor::empty({t, d}, kAct, Device::CUDA);
+    Tensor rstd = Tensor::empty({t}, DType::F32, Device::CUDA),
+           dw = Tensor::zeros({d}, kAct, Device::CUDA);
     b.time("rmsnorm.fwd_bwd", t, 0, kBf16 * double(5 * t * d), [&] {
       rmsnorm_forward(x, w, c.layer_norm_epsilon, y, rstd);
       rmsnorm_backward(x, w, rstd, dy, dx, dw);
@@ -198,8 +217,10 @@ void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
   }
   const Tensor x = random_gpu({t, d_inner}, kAct, 1), z = random_gpu({t, d_inner}, kAct, 2);
   const Tensor w = random_gpu({d_inner}, kAct, 3, 0.1, 1), dy = random_gpu({t, d_inner}, kAct, 4);
-  Tensor y = Tensor::empty({t, d_inner}, kAct, Device::CUDA), dx = Tensor::empty({t, d_inner}, kAct, Device::CUDA);
-  Tensor dz = Tensor::empty({t, d_inner}, kAct, Device::CUDA), dw = Tensor::zeros({d_inner}, kAct, Device::CUDA);
+  Tensor y = Tensor::empty({t, d_inner}, kAct, Device::CUDA),
+         dx = Tensor::empty({t, d_inner}, kAct, Device::CUDA);
+  Tensor dz = Tensor::empty({t, d_inner}, kAct, Device::CUDA),
+         dw = Tensor::zeros({d_inner}, kAct, Device::CUDA);
   Tensor rstd = Tensor::empty({t, c.n_groups}, DType::F32, Device::CUDA);
   b.time("gated_rmsnorm.fwd_bwd", t, 0, kBf16 * double(8 * t * d_inner), [&] {
     gated_rmsnorm_forward(x, z, w, c.n_groups, c.layer_norm_epsilon, y, rstd);
@@ -212,20 +233,25 @@ void bench_lm_head(Bench& b, const ModelConfig& c, int64_t t) {
   const Tensor h = random_gpu({t, d}, kAct, 1), w = random_gpu({v, d}, kAct, 2, 0.02);
   Rng rng(3);
   const Tensor labels = random_token_ids({t}, v, rng).to(Device::CUDA);
-  Tensor dh = Tensor::empty({t, d}, kAct, Device::CUDA), dw = Tensor::zeros({v, d}, kAct, Device::CUDA);
+  Tensor dh = Tensor::empty({t, d}, kAct, Device::CUDA),
+         dw = Tensor::zeros({v, d}, kAct, Device::CUDA);
   Tensor none;
   const double tvd = double(t) * double(v) * double(d);
-  b.time("lm_head_ce.fwd_bwd", t, 6 * tvd, kBf16 * double(2 * t * d + 2 * v * d), [&] {
-    const LossSum l = lm_head_loss_forward(h, w, labels, none);
-    lm_head_loss_backward(h, w, labels, 1.0 / double(l.count), dh, dw);
-  }, {{"vocab", v}});
+  b.time("lm_head_ce.fwd_bwd", t, 6 * tvd, kBf16 * double(2 * t * d + 2 * v * d),
+         [&] {
+           const LossSum l = lm_head_loss_forward(h, w, labels, none);
+           lm_head_loss_backward(h, w, labels, 1.0 / double(l.count), dh, dw);
+         },
+         {{"vocab", v}});
 }
 
 // Mixer forward and forward + backward of the first layer of each kind in the model.
 void bench_layers(Bench& b, Model& model, int64_t t) {
   const ModelConfig& c = model.config();
-  const Tensor u = random_gpu({t, c.hidden_size}, kAct, 1), dout = random_gpu({t, c.hidden_size}, kAct, 2, 0.01);
-  Tensor out = Tensor::empty(u.shape(), kAct, Device::CUDA), du = Tensor::empty(u.shape(), kAct, Device::CUDA);
+  const Tensor u = random_gpu({t, c.hidden_size}, kAct, 1),
+               dout = random_gpu({t, c.hidden_size}, kAct, 2, 0.01);
+  Tensor out = Tensor::empty(u.shape(), kAct, Device::CUDA),
+         du = Tensor::empty(u.shape(), kAct, Device::CUDA);
   const Batch batch{1, t, Tensor()};
   const std::map<LayerKind, const char*> layer_names = {{LayerKind::Mamba, "mamba"},
                                                         {LayerKind::Attention, "attention"},
@@ -244,19 +270,24 @@ void bench_layers(Bench& b, Model& model, int64_t t) {
     const ModelConfig one = with_layer_pattern(c, std::string(1, layer_char(kind)), "layer");
     // Matrix work of one layer: the model's per-token flops without its LM head and embedding.
     const double fwd_flops =
-        (model_flops_per_token(one, t) - 6.0 * double(c.vocab_size * c.hidden_size)) / 3 * double(t);
+        (model_flops_per_token(one, t) - 6.0 * double(c.vocab_size * c.hidden_size)) / 3 *
+        double(t);
     const std::string name = std::string("layer.") + layer_names.at(kind);
     const nlohmann::ordered_json fields = {{"params", params}};
-    b.time(name + ".fwd", t, fwd_flops, kBf16 * double(params + 2 * t * c.hidden_size), [&] {
-      mixer->forward(u, batch, out);
-      mixer->release();
-    }, fields);
-    b.time(name + ".fwd_bwd", t, 3 * fwd_flops, kBf16 * double(3 * params + 4 * t * c.hidden_size),
-           [&] {
-             mixer->forward(u, batch, out);
-             mixer->backward(dout, du);
-           },
-           fields);
+    b.time(
+        name + ".fwd", t, fwd_flops, kBf16 * double(params + 2 * t * c.hidden_size),
+        [&] {
+          mixer->forward(u, batch, out);
+          mixer->release();
+        },
+        fields);
+    b.time(
+        name + ".fwd_bwd", t, 3 * fwd_flops, kBf16 * double(3 * params + 4 * t * c.hidden_size),
+        [&] {
+          mixer->forward(u, batch, out);
+          mixer->backward(dout, du);
+        },
+        fields);
   }
 }
 
@@ -298,13 +329,15 @@ int run(const Options& o) {
     const Tensor ids = random_token_ids({1, o.seq}, c.vocab_size, rng).to(Device::CUDA);
     const Tensor targets = random_token_ids({1, o.seq}, c.vocab_size, rng).to(Device::CUDA);
     const double flops = model_flops_per_token(c, o.seq) * double(o.seq);
-    b.time("step." + c.pattern(), o.seq, flops, 0, [&] {
-      model.zero_grads();
-      Tensor none;
-      const LossSum l = model.forward(ids, targets, Tensor(), none);
-      model.backward(1.0 / double(l.count));
-      opt.step(1.0, 1e-5, ++step);
-    }, {{"params", params}});
+    b.time("step." + c.pattern(), o.seq, flops, 0,
+           [&] {
+             model.zero_grads();
+             Tensor none;
+             const LossSum l = model.forward(ids, targets, Tensor(), none);
+             model.backward(1.0 / double(l.count));
+             opt.step(1.0, 1e-5, ++step);
+           },
+           {{"params", params}});
   }
   return 0;
 }

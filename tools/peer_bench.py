@@ -59,8 +59,9 @@ class Bench:
             stop.synchronize()
             ms.append(start.elapsed_time(stop))
         ms.sort()
+        peak = torch.cuda.max_memory_allocated()
         line = {"bench": "op", "impl": "peer", "name": name, "T": tokens, "ms": ms[len(ms) // 2],
-                "ms_min": ms[0], "peak_gib": (torch.cuda.max_memory_allocated() - before) / GiB}
+                "ms_min": ms[0], "peak_gib": (peak - before) / GiB, "peak_total_gib": peak / GiB}
         line.update(fields)
         print(json.dumps(line), flush=True)
 

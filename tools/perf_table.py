@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Joins the JSON lines of `nemotronh-bench` and tools/peer_bench.py (same names, same shapes)
 into the side-by-side markdown table of docs/PERFORMANCE.md: both times, the speed-up (peer time
-over ours), each side's fraction of the op's roofline and its peak memory.
+over ours), each side's fraction of the op's roofline and its peak memory (beyond what existed
+before the case; for the training step, all tensors held, model and optimizer state included).
 
 The roofline of a line is max(flops / dense bf16 peak, bytes / copy bandwidth) with nemotronh's
 counts of the work and bytes and the device line's peak and measured copy bandwidth.
@@ -59,12 +60,13 @@ def table(ours_path, peer_path, title):
     for key, o in ours.items():
         p = peer.get(key)
         roof = max(o.get("flops", 0) / peak, o.get("bytes", 0) / bw) * 1e3
+        mem = "peak_total_gib" if o["name"].startswith("step.") else "peak_gib"
         frac = lambda ms: roof / ms if roof > 0 and ms else None
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             o["name"], o["T"] or "", fmt(o["ms"]), fmt(p["ms"]) if p else "—",
             f"{p['ms'] / o['ms']:.2f}×" if p else "—", pct(frac(o["ms"])),
-            pct(frac(p["ms"])) if p else "—", fmt(o["peak_gib"]),
-            fmt(p["peak_gib"]) if p else "—"))
+            pct(frac(p["ms"])) if p else "—", fmt(o.get(mem)),
+            fmt(p.get(mem)) if p else "—"))
     return "\n".join(rows) + "\n"
 
 

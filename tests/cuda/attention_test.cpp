@@ -134,8 +134,8 @@ TEST(CudaAttention, MatchesCpuWithOneDocumentGivenExplicitly) {
 TEST(CudaAttention, TensorCoreKernelsMatchCpuOnLongRowsAndPaddedHeadDims) {
   const std::vector<int64_t> lengths = {1, 63, 100, 1, 32, 7, 130, 700};
   uint64_t seed = 700;
-  for (const AttnShape& s : {AttnShape{1, 1000, 8, 2, 128}, AttnShape{2, 333, 4, 1, 72},
-                             AttnShape{1, 257, 3, 3, 40}}) {
+  for (const AttnShape& s :
+       {AttnShape{1, 1000, 8, 2, 128}, AttnShape{2, 333, 4, 1, 72}, AttnShape{1, 257, 3, 3, 40}}) {
     expect_matches_cpu(s, DType::BF16, Tensor(), seed += 10);
     expect_matches_cpu(s, DType::BF16, document_ids(s, lengths), seed += 10);
   }

@@ -617,7 +617,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   if (q.numel() == 0) return;
   const Tensor bounds = document_bounds(seq_idx, d);
   const int* doc_start = bounds.defined() ? ptr<int>(bounds) : nullptr;
-  if (q.dtype() == DType::BF16 && flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), out.raw()})) {
+  if (q.dtype() == DType::BF16 &&
+      flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), out.raw()})) {
     flash_attention_forward(ptr<const bf16>(q), ptr<const bf16>(k), ptr<const bf16>(v), doc_start,
                             d, float(scale), ptr<bf16>(out), ptr<float>(lse));
     return;
@@ -657,8 +658,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
         ptr<const T>(dout), ptr<const T>(out), d, ptr<float>(delta));
     NH_CUDA_CHECK_LAUNCH();
     if constexpr (std::is_same_v<T, bf16>) {
-      if (flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), dout.raw(), dq.raw(), dk.raw(),
-                                        dv.raw()})) {
+      if (flash_attention_supported(
+              d, {q.raw(), k.raw(), v.raw(), dout.raw(), dq.raw(), dk.raw(), dv.raw()})) {
         flash_attention_backward(ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start,
                                  doc_end, ptr<const float>(lse), ptr<const float>(delta),
                                  ptr<const T>(dout), d, float(scale), ptr<T>(dq), ptr<T>(dk),

@@ -69,14 +69,14 @@ __device__ void store_rows(const bf16* src, int n, int head_dim, bf16* __restric
 // Asynchronous copies to shared memory (cp.async, sm_80+): issued now, waited for with
 // cp_async_wait<N>() (all but the N most recent committed groups have landed).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                   unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src));
+  asm volatile(
+      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+      "l"(src));
 }
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
-                   unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src));
+  asm volatile(
+      "cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+      "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
@@ -129,8 +129,7 @@ __device__ __forceinline__ int64_t at(const AttnDims& d, int b, int t, int heads
 // s[j] (the 16 × 8 tiles of a warp's 16 × 8·kN product) = A · Bᵀ with A rows [16w, 16w + 16)
 // of tile `a` and B rows [0, 8·kN) of tile `b`, both [rows][kD].
 template <int kD, int kN>
-__device__ void product_abt(const bf16* a, const bf16* b, int w,
-                            float (&s)[kN][4]) {
+__device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kN][4]) {
 #pragma unroll
   for (int j = 0; j < kN; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
@@ -149,8 +148,7 @@ __device__ void product_abt(const bf16* a, const bf16* b, int w,
 
 // acc (16 × kD) += P · X with P the warp's 16 × 8·kN fragments and X rows [0, 8·kN) of tile x.
 template <int kD, int kN>
-__device__ void accumulate_px(const float (&p)[kN][4], const bf16* x,
-                              float (&acc)[kD / 8][4]) {
+__device__ void accumulate_px(const float (&p)[kN][4], const bf16* x, float (&acc)[kD / 8][4]) {
 #pragma unroll
   for (int ks = 0; ks < kN / 2; ++ks) {
     uint32_t af[4];
@@ -262,8 +260,7 @@ __global__ void __launch_bounds__(kThreads)
     flash_dq_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, const int* __restrict__ doc_start,
                     const float* __restrict__ lse, const float* __restrict__ delta,
-                    const bf16* __restrict__ dout, AttnDims d, float scale,
-                    bf16* __restrict__ dq) {
+                    const bf16* __restrict__ dout, AttnDims d, float scale, bf16* __restrict__ dq) {
   constexpr int kS = row_stride<kD>(), kN = kTile / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);

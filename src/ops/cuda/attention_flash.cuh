@@ -18,16 +18,16 @@ struct AttnDims {
 bool flash_attention_supported(const AttnDims& d, std::initializer_list<const void*> pointers);
 
 // out, lse as attention_forward (ops/attention.h); doc_start [B, S] or null (one document).
-void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k,
-                             const __nv_bfloat16* v, const int* doc_start, const AttnDims& d,
-                             float scale, __nv_bfloat16* out, float* lse);
+void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                             const int* doc_start, const AttnDims& d, float scale,
+                             __nv_bfloat16* out, float* lse);
 
 // dq, dk, dv as attention_backward; delta [B, Hq, S] = Σ_e dout·out per query; doc_end [B, S]
 // (one past each token's document) or null.
 void flash_attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k,
                               const __nv_bfloat16* v, const int* doc_start, const int* doc_end,
                               const float* lse, const float* delta, const __nv_bfloat16* dout,
-                              const AttnDims& d, float scale, __nv_bfloat16* dq,
-                              __nv_bfloat16* dk, __nv_bfloat16* dv);
+                              const AttnDims& d, float scale, __nv_bfloat16* dq, __nv_bfloat16* dk,
+                              __nv_bfloat16* dv);
 
 }  // namespace nh::cuda

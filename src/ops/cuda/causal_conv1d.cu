@@ -74,8 +74,8 @@ __device__ __forceinline__ float silu_grad(float pre) {
 // Grid (channel blocks, runs, B): y = silu(pre-activation).
 template <class T, int K>
 __global__ void causal_conv1d_forward_kernel(const T* x, const T* w, const T* bias,
-                                             const int32_t* seq, int64_t seq_len,
-                                             int64_t channels, T* y) {
+                                             const int32_t* seq, int64_t seq_len, int64_t channels,
+                                             T* y) {
   const RunPlace r(seq_len, channels);
   if (r.c >= channels) return;
   float wv[K], b, xw[K];
@@ -187,14 +187,22 @@ constexpr int kThreads = 256;
 template <class F>
 void with_taps(int64_t kernel, F&& f) {
   switch (kernel) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    default: return f(std::integral_constant<int, kMaxTaps>{});
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 5:
+      return f(std::integral_constant<int, 5>{});
+    case 6:
+      return f(std::integral_constant<int, 6>{});
+    case 7:
+      return f(std::integral_constant<int, 7>{});
+    default:
+      return f(std::integral_constant<int, kMaxTaps>{});
   }
 }
 
@@ -214,9 +222,10 @@ void causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     with_taps(w.size(1), [&](auto taps) {
-      causal_conv1d_forward_kernel<T, decltype(taps)::value><<<run_grid(x), kThreads, 0, stream()>>>(
-          ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias), optional_ptr<int32_t>(seq_idx), x.size(1),
-          x.size(2), ptr<T>(y));
+      causal_conv1d_forward_kernel<T, decltype(taps)::value>
+          <<<run_grid(x), kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(w), optional_ptr<T>(bias),
+                                                   optional_ptr<int32_t>(seq_idx), x.size(1),
+                                                   x.size(2), ptr<T>(y));
       NH_CUDA_CHECK_LAUNCH();
     });
   });
@@ -237,8 +246,7 @@ void causal_conv1d_backward(const Tensor& x, const Tensor& w, const Tensor& bias
   // The runs depend only on the shape, so the result is the same on every run.
   const int64_t runs = int64_t(grid.y) * grid.z, slots = (kernel + 1) * channels;
   const bool params = dw.defined() || dbias.defined();
-  const Tensor partial =
-      params ? Tensor::empty({runs, slots}, DType::F32, Device::CUDA) : Tensor();
+  const Tensor partial = params ? Tensor::empty({runs, slots}, DType::F32, Device::CUDA) : Tensor();
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     with_taps(kernel, [&](auto taps) {

@@ -343,8 +343,8 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
     gemm(false, false, n, d.dim, d.vocab, 1.f, grad.raw(), d.vocab, w.raw(), d.dim, 0.f, dhp, d.dim,
          h.dtype());
     if (dw.defined())
-      gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(), d.dim,
-           h.dtype());
+      gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(),
+           d.dim, h.dtype());
   }
 }
 

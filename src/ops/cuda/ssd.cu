@@ -279,8 +279,8 @@ __global__ void pass_states_kernel(SsdDims d, float* __restrict__ states,
 // states holds S_in per chunk (after pass_states).
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
-    chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Cm, const T* D,
-                      const float* cbm, const float* cs, const float* decay_in, const int32_t* doc,
+    chunk_scan_kernel(SsdDims d, const T* x, const T* dt, const T* Cm, const T* D, const float* cbm,
+                      const float* cs, const float* decay_in, const int32_t* doc,
                       const float* states, T* y) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -305,8 +305,8 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
   }
   Acc from_state = {};
   gemm_tile<true, true>(int(d.state), c_rows,
-                        view<true>(states + ch.state0 + p0 * d.state, d.state, d.head_dim - p0),
-                        sm, from_state);
+                        view<true>(states + ch.state0 + p0 * d.state, d.state, d.head_dim - p0), sm,
+                        from_state);
   const float skip = D != nullptr ? to_f32(D[ch.h]) : 0.f;
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
@@ -445,8 +445,8 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
     chunk_dC_kernel(SsdDims d, const T* dt, const T* dy, const T* Bm, const T* Cm,
-                    const float* dyxm, const float* cs, const float* decay_in, const int32_t* doc, const float* states,
-                    float* dC_heads, float* off_part) {
+                    const float* dyxm, const float* cs, const float* decay_in, const int32_t* doc,
+                    const float* states, float* dC_heads, float* off_part) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile;
@@ -499,8 +499,8 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
 // at j and +v_j at the chunk's last token), summed over this n tile into v_part.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
-    chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm,
-                    const float* dyxm, const float* cs, const float* decay_out, const int32_t* doc,
+    chunk_dB_kernel(SsdDims d, const T* x, const T* dt, const T* Bm, const T* Cm, const float* dyxm,
+                    const float* cs, const float* decay_out, const int32_t* doc,
                     const float* dstates, float* dB_heads, float* v_part) {
   __shared__ TileShared<T> sm;
   const ChunkHead ch(d, blockIdx.x);
@@ -725,8 +725,8 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
   const dim3 cb_grid(unsigned(d.batch * d.n_chunks * d.groups), unsigned(row_tiles),
                      unsigned(row_tiles));
   if (has_blocks(cb_grid)) {
-    chunk_cb_kernel<T><<<cb_grid, kThreads, 0, stream()>>>(d, ptr<T>(Bm), ptr<T>(Cm),
-                                                           ptr<float>(r.cb));
+    chunk_cb_kernel<T>
+        <<<cb_grid, kThreads, 0, stream()>>>(d, ptr<T>(Bm), ptr<T>(Cm), ptr<float>(r.cb));
     NH_CUDA_CHECK_LAUNCH();
   }
   const dim3 grid(unsigned(units), tiles(d.head_dim), tiles(d.state));
@@ -765,7 +765,8 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
                  final_state.dtype() == DType::F32 ? DType::F32 : x.dtype(), "final_state");
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, final_state);
+    const ChunkStates cs =
+        chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, final_state);
     const dim3 grid = tile_grid(d, d.head_dim);
     if (has_blocks(grid)) {
       chunk_scan_kernel<T><<<grid, kThreads, 0, stream()>>>(
@@ -833,8 +834,8 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
     const Tensor dyx = f32({d.batch, d.n_chunks, d.heads, d.chunk, d.chunk});
     const dim3 dcs_grid{unsigned(units), unsigned(row_tiles), unsigned(row_tiles)};
     if (has_blocks(dcs_grid)) {
-      chunk_dyx_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(d, ptr<T>(x), ptr<T>(dy),
-                                                               ptr<float>(dyx));
+      chunk_dyx_kernel<T>
+          <<<dcs_grid, kThreads, 0, stream()>>>(d, ptr<T>(x), ptr<T>(dy), ptr<float>(dyx));
       NH_CUDA_CHECK_LAUNCH();
       chunk_dcs_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(
           d, ptr<T>(dt), ptr<float>(cs.cb), ptr<float>(dyx), ptr<float>(cs.cs),

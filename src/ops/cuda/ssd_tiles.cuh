@@ -15,10 +15,10 @@
 //          16 × 32 part of the tile, handed to the 4 × 4 sub-tiles through shared memory.
 #pragma once
 
+#include <type_traits>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
-
-#include <type_traits>
 
 namespace nh::cuda::ssd_tiles {
 
@@ -83,9 +83,9 @@ struct TileShared<float> {
 template <>
 struct alignas(16) TileShared<bf16> {  // 16-byte rows for vector stores and ldmatrix
   static constexpr int kSlice = 32, kPad = kSlice + 8, kMPad = kTile + 8;
-  bf16 a[kTile][kPad];    // [row][k] of the first operand
-  bf16 b[kTile][kPad];    // [column][k] of the second
-  bf16 m[kTile][kMPad];   // a first-stage tile [row][k] for the second stage
+  bf16 a[kTile][kPad];          // [row][k] of the first operand
+  bf16 b[kTile][kPad];          // [column][k] of the second
+  bf16 m[kTile][kMPad];         // a first-stage tile [row][k] for the second stage
   float out[kTile][kTile + 1];  // a product on its way from mma fragments to the sub-tiles
 };
 
@@ -219,8 +219,8 @@ __device__ void stage_slice(bf16 (*dst)[TileShared<bf16>::kPad], int k0, int K,
       for (int i = 0; i < 8; ++i) run[i] *= i < n ? v.scale(k0 + kk + i) : 0.f;
     // Rows are kPad = 40 elements (80 bytes) apart: the run's 16 bytes are aligned.
     *reinterpret_cast<uint4*>(&dst[m][kk]) =
-        make_uint4(pack_bf16(run[0], run[1]), pack_bf16(run[2], run[3]),
-                   pack_bf16(run[4], run[5]), pack_bf16(run[6], run[7]));
+        make_uint4(pack_bf16(run[0], run[1]), pack_bf16(run[2], run[3]), pack_bf16(run[4], run[5]),
+                   pack_bf16(run[6], run[7]));
   } else {
     const int kk = threadIdx.x % kSlice, m = threadIdx.x / kSlice * 8;
     const int n = k0 + kk < K ? int(v.valid - m < 8 ? v.valid - m : 8) : 0;
@@ -303,8 +303,7 @@ __device__ void store_first_stage(const Acc& v, F&& scale, TileShared<bf16>& sm)
   for (int u = 0; u < kPer; ++u)
 #pragma unroll
     for (int w = 0; w < kPer; ++w)
-      sm.m[tile_row(u)][tile_col(w)] =
-          __float2bfloat16(v[u][w] * scale(tile_row(u), tile_col(w)));
+      sm.m[tile_row(u)][tile_col(w)] = __float2bfloat16(v[u][w] * scale(tile_row(u), tile_col(w)));
 }
 
 }  // namespace nh::cuda::ssd_tiles
