@@ -14,9 +14,15 @@ What each name runs on the peer:
   adamw.step                 clip_grad_norm_ (1.0) and fused AdamW over the slice's fp32 params
   layer.<kind>.fwd / .fwd_bwd  the first mixer of each kind of the slice, bf16 autocast
   step.<pattern>             a training step of the slice: autocast, clip, fused AdamW
+  scaling                    the same step with every layer checkpointed at each --scaling-seqs
+                             length (lines {"bench": "scaling"}; a length that runs out of memory
+                             prints its error): `nemotronh-bench-step --recompute all --seq …`
+                             times ours
 
 Usage: python3 tools/peer_bench.py [--pattern M-M-M-M*-] [--seq 8192]
            [--ssd-seqs 2048,8192,32768] [--only gemm,ssd,...] [--samples 10] [--warmup 3]
+           [--scaling-seqs 2048,8192,32768,131072]
+The scaling group runs only when --only names it.
 Needs torch with CUDA and transformers (>= 5); mamba_ssm (its ops/triton) and causal_conv1d on
 the path for the fast path (the `path` field of the step line says which ran).
 """
@@ -224,6 +230,45 @@ def bench_layers(b, model, t):
         model.zero_grad(set_to_none=True)
 
 
+def bench_scaling(args, seqs):
+    """Training steps of the slice with every layer recomputed (gradient checkpointing), one
+    model for all lengths; 3 timed steps after 1, median."""
+    model = slice_model(args.pattern, max(seqs))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, betas=(0.9, 0.95),
+                            fused=True)
+    for t in seqs:
+        ids = torch.randint(0, WIDTHS["vocab_size"], (1, t), device="cuda")
+        line = {"bench": "scaling", "impl": "peer", "pattern": args.pattern, "T": t}
+        try:
+            def step():
+                with torch.autocast("cuda", dtype=ACT):
+                    logits = model(input_ids=ids, use_cache=False).logits
+                F.cross_entropy(logits.float().view(-1, logits.size(-1)), ids.view(-1)).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            ms = []
+            for _ in range(3):
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step()
+                stop.record()
+                stop.synchronize()
+                ms.append(start.elapsed_time(stop))
+            ms.sort()
+            line.update(ms=ms[1], tokens_per_s=t / (ms[1] / 1e3),
+                        peak_total_gib=torch.cuda.max_memory_allocated() / GiB)
+        except torch.cuda.OutOfMemoryError as e:
+            line["error"] = str(e).splitlines()[0]
+            opt.zero_grad(set_to_none=True)
+        print(json.dumps(line), flush=True)
+        del ids
+        torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pattern", default="M-M-M-M*-")
@@ -232,6 +277,7 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--scaling-seqs", default="2048,8192,32768,65536,131072")
     args = ap.parse_args()
     args.only = [g for g in args.only.split(",") if g]
     torch.manual_seed(0)
@@ -257,6 +303,8 @@ def main():
     if b.wants("lm_head"):
         bench_lm_head(b, t)
     torch.cuda.empty_cache()
+    if "scaling" in args.only:
+        bench_scaling(args, [int(v) for v in args.scaling_seqs.split(",")])
     if not (b.wants("layer") or b.wants("adamw") or b.wants("step")):
         return
     model = slice_model(args.pattern, t)
