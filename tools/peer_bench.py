@@ -204,6 +204,17 @@ def slice_model(pattern, seq):
     return model.train()
 
 
+def train_step(model, opt, ids, targets):
+    """One step as HF Trainer takes it with bf16=True and max_grad_norm=1: autocast forward,
+    cross-entropy on fp32 logits, backward, clipping, fused AdamW."""
+    with torch.autocast("cuda", dtype=ACT):
+        logits = model(input_ids=ids, use_cache=False).logits
+    F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def bench_layers(b, model, t):
     d = WIDTHS["hidden_size"]
     seen = set()
@@ -242,12 +253,7 @@ def bench_scaling(args, seqs):
         line = {"bench": "scaling", "impl": "peer", "pattern": args.pattern, "T": t}
         try:
             def step():
-                with torch.autocast("cuda", dtype=ACT):
-                    logits = model(input_ids=ids, use_cache=False).logits
-                F.cross_entropy(logits.float().view(-1, logits.size(-1)), ids.view(-1)).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                train_step(model, opt, ids, ids)
             torch.cuda.reset_peak_memory_stats()
             step()
             ms = []
@@ -327,12 +333,7 @@ def main():
         targets = torch.randint(0, WIDTHS["vocab_size"], (1, t), device="cuda")
 
         def step():
-            with torch.autocast("cuda", dtype=ACT):
-                logits = model(input_ids=ids, use_cache=False).logits
-            F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(model, opt, ids, targets)
         calls["fused_mamba"] = 0
         step()  # which Mamba path transformers takes
         b.time(f"step.{args.pattern}", t, step, params=params,

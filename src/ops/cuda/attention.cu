@@ -543,15 +543,6 @@ void with_head_dim_bucket(int head_dim, F&& f) {
     f(std::integral_constant<int, 128>{});
 }
 
-// Launches a kernel that needs `smem` bytes of dynamic shared memory (over the 48 KB default).
-template <class Kernel, class... Args>
-void launch(Kernel kernel, dim3 grid, size_t smem, Args... args) {
-  NH_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kThreads, smem, stream()>>>(args...);
-  NH_CUDA_CHECK_LAUNCH();
-}
-
 AttnDims check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& seq_idx) {
   require_cuda(q, "attention", "q");
   require_cuda(k, "attention", "k");
@@ -628,9 +619,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
     using T = decltype(zero);
     with_head_dim_bucket(d.head_dim, [&](auto bucket) {
       constexpr int kD = decltype(bucket)::value;
-      launch(attention_forward_kernel<T, kD>, grid, forward_smem<kD>(), ptr<const T>(q),
-             ptr<const T>(k), ptr<const T>(v), doc_start, d, float(scale), ptr<T>(out),
-             ptr<float>(lse));
+      launch_with_smem(attention_forward_kernel<T, kD>, grid, kThreads, forward_smem<kD>(),
+                       ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start, d,
+                       float(scale), ptr<T>(out), ptr<float>(lse));
     });
   });
 }
@@ -669,15 +660,16 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     }
     with_head_dim_bucket(d.head_dim, [&](auto bucket) {
       constexpr int kD = decltype(bucket)::value;
-      launch(attention_backward_dq_kernel<T, kD>,
-             dim3(blocks_for(d.seqlen, kQueryTile), d.q_heads, d.batch), dq_smem<kD>(),
-             ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start, ptr<const float>(lse),
-             ptr<const float>(delta), ptr<const T>(dout), d, float(scale), ptr<T>(dq));
-      launch(attention_backward_dkdv_kernel<T, kD>,
-             dim3(blocks_for(d.seqlen, kKeyTile), d.kv_heads, d.batch), dkdv_smem<kD>(),
-             ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start, doc_end,
-             ptr<const float>(lse), ptr<const float>(delta), ptr<const T>(dout), d, float(scale),
-             ptr<T>(dk), ptr<T>(dv));
+      launch_with_smem(attention_backward_dq_kernel<T, kD>,
+                       dim3(blocks_for(d.seqlen, kQueryTile), d.q_heads, d.batch), kThreads,
+                       dq_smem<kD>(), ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start,
+                       ptr<const float>(lse), ptr<const float>(delta), ptr<const T>(dout), d,
+                       float(scale), ptr<T>(dq));
+      launch_with_smem(attention_backward_dkdv_kernel<T, kD>,
+                       dim3(blocks_for(d.seqlen, kKeyTile), d.kv_heads, d.batch), kThreads,
+                       dkdv_smem<kD>(), ptr<const T>(q), ptr<const T>(k), ptr<const T>(v),
+                       doc_start, doc_end, ptr<const float>(lse), ptr<const float>(delta),
+                       ptr<const T>(dout), d, float(scale), ptr<T>(dk), ptr<T>(dv));
     });
   });
 }

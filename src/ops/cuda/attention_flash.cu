@@ -40,20 +40,6 @@ constexpr int row_stride() {
   return kD + 8;
 }
 
-// Rows [0, n) of a [rows, head_dim] slice with rows `stride` elements apart into a tile of kRows
-// rows, 16 bytes at a time; rows >= n and dims >= head_dim are zero.
-template <int kRows, int kD>
-__device__ void load_rows(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
-                          bf16* dst) {
-  constexpr int kChunks = kD / 8;
-  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, e = idx % kChunks * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < n && e < head_dim) v = *reinterpret_cast<const uint4*>(src + r * stride + e);
-    *reinterpret_cast<uint4*>(dst + r * row_stride<kD>() + e) = v;
-  }
-}
-
 template <int kRows, int kD>
 __device__ void store_rows(const bf16* src, int n, int head_dim, bf16* __restrict__ dst,
                            int64_t stride) {
@@ -84,7 +70,21 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// load_rows through cp.async: the zero padding is stored directly, the rest lands later.
+// Rows [0, n) of a [rows, head_dim] slice with rows `stride` elements apart into a tile of kRows
+// rows, 16 bytes at a time; rows >= n and dims >= head_dim are zero.
+template <int kRows, int kD>
+__device__ void load_rows(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
+                          bf16* dst) {
+  constexpr int kChunks = kD / 8;
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, e = idx % kChunks * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < n && e < head_dim) v = *reinterpret_cast<const uint4*>(src + r * stride + e);
+    *reinterpret_cast<uint4*>(dst + r * row_stride<kD>() + e) = v;
+  }
+}
+
+// load_rows through cp.async: the rows land later (the zero padding is stored at once).
 template <int kRows, int kD>
 __device__ void load_rows_async(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
                                 bf16* dst) {
@@ -426,14 +426,6 @@ constexpr size_t dkdv_smem() {
   return 2 * kTile * row_stride<kD>() * sizeof(bf16) + 2 * sizeof(QueryTile<kD>);
 }
 
-template <class Kernel, class... Args>
-void launch(Kernel kernel, dim3 grid, size_t smem, Args... args) {
-  NH_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kThreads, smem, stream()>>>(args...);
-  NH_CUDA_CHECK_LAUNCH();
-}
-
 template <class F>
 void with_bucket(int head_dim, F&& f) {
   if (head_dim <= 64)
@@ -456,8 +448,8 @@ void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, const 
   const dim3 grid(blocks_for(d.seqlen, kTile), d.q_heads, d.batch);
   with_bucket(d.head_dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
-    launch(flash_forward_kernel<kD>, grid, forward_smem<kD>(), q, k, v, doc_start, d,
-           scale * kLog2e, out, lse);
+    launch_with_smem(flash_forward_kernel<kD>, grid, kThreads, forward_smem<kD>(), q, k, v,
+                     doc_start, d, scale * kLog2e, out, lse);
   });
 }
 
@@ -467,10 +459,11 @@ void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const
                               bf16* dv) {
   with_bucket(d.head_dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
-    launch(flash_dq_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.q_heads, d.batch),
-           dq_smem<kD>(), q, k, v, doc_start, lse, delta, dout, d, scale, dq);
-    launch(flash_dkdv_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.kv_heads, d.batch),
-           dkdv_smem<kD>(), q, k, v, doc_start, doc_end, lse, delta, dout, d, scale, dk, dv);
+    launch_with_smem(flash_dq_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.q_heads, d.batch),
+                     kThreads, dq_smem<kD>(), q, k, v, doc_start, lse, delta, dout, d, scale, dq);
+    launch_with_smem(flash_dkdv_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.kv_heads, d.batch),
+                     kThreads, dkdv_smem<kD>(), q, k, v, doc_start, doc_end, lse, delta, dout, d,
+                     scale, dk, dv);
   });
 }
 
