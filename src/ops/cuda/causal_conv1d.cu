@@ -1,7 +1,6 @@
 // Causal depthwise conv1d + SiLU on the GPU (the contract is in ops/causal_conv1d.h, SPEC §2):
 // storage in F32 or BF16, taps, gradients and the dw/dbias sums in fp32. Channels are last, so
 // consecutive threads on consecutive channels read and write whole rows of consecutive addresses.
-#include <algorithm>
 #include <string>
 #include <type_traits>
 
@@ -40,7 +39,8 @@ __device__ __forceinline__ float pre_activation(const float (&w)[K], float bias,
   return acc;
 }
 
-// The thread's channel, the first token of its run and the run's end; false past the channels.
+// The thread's channel (past the last one for spare threads of the last block), its batch
+// row, and the first token of its run and the run's end.
 struct RunPlace {
   int64_t c, row, t0, t1;
   __device__ RunPlace(int64_t seq_len, int64_t channels)

@@ -15,19 +15,18 @@
 namespace nh::cuda {
 
 [[noreturn]] void throw_cuda_error(cudaError_t e, const char* what, const char* file, int line);
-[[noreturn]] void throw_cublas_error(cublasStatus_t s, const char* what, const char* file,
-                                     int line);
+[[noreturn]] void throw_cublas_error(cublasStatus_t s, const char* what, const char* file, int line);
 
-#define NH_CUDA_CHECK(expr)                                                                 \
-  do {                                                                                      \
-    const cudaError_t nh_e = (expr);                                                        \
+#define NH_CUDA_CHECK(expr)                                                     \
+  do {                                                                          \
+    const cudaError_t nh_e = (expr);                                            \
     if (nh_e != cudaSuccess) ::nh::cuda::throw_cuda_error(nh_e, #expr, __FILE__, __LINE__); \
   } while (0)
-#define NH_CUBLAS_CHECK(expr)                                          \
-  do {                                                                 \
-    const cublasStatus_t nh_s = (expr);                                \
-    if (nh_s != CUBLAS_STATUS_SUCCESS)                                 \
-      ::nh::cuda::throw_cublas_error(nh_s, #expr, __FILE__, __LINE__); \
+#define NH_CUBLAS_CHECK(expr)                                                     \
+  do {                                                                            \
+    const cublasStatus_t nh_s = (expr);                                           \
+    if (nh_s != CUBLAS_STATUS_SUCCESS)                                            \
+      ::nh::cuda::throw_cublas_error(nh_s, #expr, __FILE__, __LINE__);            \
   } while (0)
 // After a kernel launch: a bad configuration shows up here, not at the next sync.
 #define NH_CUDA_CHECK_LAUNCH() NH_CUDA_CHECK(cudaGetLastError())
@@ -46,13 +45,9 @@ __device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
 template <class T>
 __device__ __forceinline__ T from_f32(float x);
 template <>
-__device__ __forceinline__ float from_f32<float>(float x) {
-  return x;
-}
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
-__device__ __forceinline__ bf16 from_f32<bf16>(float x) {
-  return __float2bfloat16(x);
-}
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
 
 // Calls f(T{}) with T = float or bf16 by dtype (the GPU backend stores F32 or BF16).
 template <class F>
@@ -88,7 +83,9 @@ inline void require_cuda(const Tensor& t, const char* op, const char* name) {
     throw Error(op, name, "a CUDA tensor", "a CPU tensor");
 }
 
-inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+inline unsigned blocks_for(int64_t n, int threads) {
+  return unsigned((n + threads - 1) / threads);
+}
 
 // Launches kernel<<<grid, threads>>> with `smem` bytes of dynamic shared memory, allowing it
 // more than the 48 KB default first.
