@@ -291,7 +291,14 @@ void bench_layers(Bench& b, Model& model, int64_t t) {
   }
 }
 
+constexpr const char* kGroups[] = {"gemm",    "ssd",   "conv",  "attention", "norm",
+                                   "lm_head", "adamw", "layer", "step"};
+
 int run(const Options& o) {
+  for (const std::string& g : o.only)
+    if (std::find(std::begin(kGroups), std::end(kGroups), g) == std::end(kGroups))
+      throw Error("--only", "group",
+                  "gemm, ssd, conv, attention, norm, lm_head, adamw, layer or step", g);
   if (!cuda_available()) throw Error("no CUDA GPU is visible");
   Bench b(o);
   nlohmann::ordered_json dev = {{"bench", "device"},

@@ -286,6 +286,11 @@ def main():
     ap.add_argument("--scaling-seqs", default="2048,8192,32768,65536,131072")
     args = ap.parse_args()
     args.only = [g for g in args.only.split(",") if g]
+    groups = {"gemm", "ssd", "conv", "attention", "norm", "lm_head", "adamw", "layer", "step",
+              "scaling"}
+    for g in args.only:
+        if g not in groups:
+            ap.error(f"--only: unknown group {g!r} (one of {', '.join(sorted(groups))})")
     torch.manual_seed(0)
     b = Bench(args)
     import transformers
