@@ -75,6 +75,24 @@ __global__ void chunk_cumsum_kernel(SsdDims d, const T* dt, const T* A, const in
 
 // Step 2, block per (batch, chunk, head) × 64 × 64 tile of (p, n):
 //   out[p, n] = Σ_t weight_t · (dt_t if dt) · u_t[p] · v_t[n]
+// Tile (i0, j0), j0 <= i0, of a chunk's Q × Q matrix of row products a_i·b_j (K long), into
+// m[i][j] (Q = chunk, only the chunk's tokens). a and b point at the chunk's first token, whose
+// rows are `step` elements apart.
+template <class T>
+__device__ void square_products(const T* a, const T* b, int64_t step, int K, const SsdDims& d,
+                                const ChunkHead& ch, int i0, int j0, TileShared<T>& sm, float* m) {
+  Acc acc = {};
+  gemm_tile<true, true>(K, view<true>(a + i0 * step, step, ch.len - i0),
+                        view<true>(b + j0 * step, step, ch.len - j0), sm, acc);
+#pragma unroll
+  for (int u = 0; u < kPer; ++u)
+#pragma unroll
+    for (int w = 0; w < kPer; ++w) {
+      const int i = i0 + tile_row(u), j = j0 + tile_col(w);
+      if (i < ch.len && j < ch.len) m[i * d.chunk + j] = acc[u][w];
+    }
+}
+
 // Step 1b, block per (batch, chunk, group) × 64 × 64 tile of (i, j), j tile <= i tile:
 // cbm[i][j] = C_i·B_j, fp32 [B, n_chunks, G, Q, Q], formed once for the group's heads.
 template <class T>
@@ -85,16 +103,8 @@ __global__ void __launch_bounds__(kThreads)
   const ChunkHead ch(d, unit / d.groups * d.heads + g * (d.heads / d.groups));
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
   if (i0 >= ch.len || j0 > i0) return;
-  Acc acc = {};
-  gemm_tile<true, true>(int(d.state), view<true>(Cm + ch.at_bc(i0, 0), ch.bc_step, ch.len - i0),
-                        view<true>(Bm + ch.at_bc(j0, 0), ch.bc_step, ch.len - j0), sm, acc);
-#pragma unroll
-  for (int u = 0; u < kPer; ++u)
-#pragma unroll
-    for (int w = 0; w < kPer; ++w) {
-      const int i = i0 + tile_row(u), j = j0 + tile_col(w);
-      if (i < ch.len && j < ch.len) cbm[ch.cb0 + i * d.chunk + j] = acc[u][w];
-    }
+  square_products(Cm + ch.at_bc(0, 0), Bm + ch.at_bc(0, 0), ch.bc_step, int(d.state), d, ch, i0, j0,
+                  sm, cbm + ch.cb0);
 }
 
 // Backward, block per (batch, chunk, head) × 64 × 64 tile of (i, j), j tile <= i tile:
@@ -107,16 +117,8 @@ __global__ void __launch_bounds__(kThreads)
   const ChunkHead ch(d, blockIdx.x);
   const int i0 = int(blockIdx.y) * kTile, j0 = int(blockIdx.z) * kTile;
   if (i0 >= ch.len || j0 > i0) return;
-  Acc acc = {};
-  gemm_tile<true, true>(int(d.head_dim), view<true>(dy + ch.at_x(i0, 0), ch.x_step, ch.len - i0),
-                        view<true>(x + ch.at_x(j0, 0), ch.x_step, ch.len - j0), sm, acc);
-#pragma unroll
-  for (int u = 0; u < kPer; ++u)
-#pragma unroll
-    for (int w = 0; w < kPer; ++w) {
-      const int i = i0 + tile_row(u), j = j0 + tile_col(w);
-      if (i < ch.len && j < ch.len) dyxm[ch.dyx0 + i * d.chunk + j] = acc[u][w];
-    }
+  square_products(dy + ch.at_x(0, 0), x + ch.at_x(0, 0), ch.x_step, int(d.head_dim), d, ch, i0, j0,
+                  sm, dyxm + ch.dyx0);
 }
 
 // Forward: (weight, u, v) = (decay_out, x, Bm) with dt, the chunk's own contribution to the state
