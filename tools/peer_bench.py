@@ -43,6 +43,22 @@ ACT = torch.bfloat16
 GiB = float(1 << 30)
 
 
+def event_times_ms(fn, samples, warmup):
+    """Milliseconds of each of `samples` calls of fn after `warmup` untimed ones (CUDA events),
+    sorted."""
+    for _ in range(warmup):
+        fn()
+    ms = []
+    for _ in range(samples):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        ms.append(start.elapsed_time(stop))
+    return sorted(ms)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -54,17 +70,7 @@ class Bench:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        for _ in range(self.args.warmup):
-            fn()
-        ms = []
-        for _ in range(self.args.samples):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            ms.append(start.elapsed_time(stop))
-        ms.sort()
+        ms = event_times_ms(fn, self.args.samples, self.args.warmup)
         peak = torch.cuda.max_memory_allocated()
         line = {"bench": "op", "impl": "peer", "name": name, "T": tokens, "ms": ms[len(ms) // 2],
                 "ms_min": ms[0], "peak_gib": (peak - before) / GiB, "peak_total_gib": peak / GiB}
@@ -255,16 +261,7 @@ def bench_scaling(args, seqs):
             def step():
                 train_step(model, opt, ids, ids)
             torch.cuda.reset_peak_memory_stats()
-            step()
-            ms = []
-            for _ in range(3):
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step()
-                stop.record()
-                stop.synchronize()
-                ms.append(start.elapsed_time(stop))
-            ms.sort()
+            ms = event_times_ms(step, 3, 1)
             line.update(ms=ms[1], tokens_per_s=t / (ms[1] / 1e3),
                         peak_total_gib=torch.cuda.max_memory_allocated() / GiB)
         except torch.cuda.OutOfMemoryError as e:
