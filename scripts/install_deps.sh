@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(build-essential cmake pkg-config git python3 python3-pip
   libopenblas-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libpcre2-dev libutf8proc-dev
-  libgtest-dev libgmock-dev clang libclang-rt-14-dev libcpp-httplib-dev curl)
+  libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin clang libclang-rt-14-dev libcpp-httplib-dev curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

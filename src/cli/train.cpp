@@ -7,6 +7,7 @@
 #include "core/cuda_memory.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "dist/launch.h"
 #include "io/atomic_file.h"
 #include "train/first_run.h"
 #include "train/recipe.h"
@@ -25,6 +26,7 @@ struct Options {
 void run(Options o) {
   if (!o.out.empty()) o.set.push_back("out=" + o.out);
   std::string path = o.recipe;
+  const bool lead = launch_info().rank == 0;  // the first rank of a multi-process job reports
   if (path.empty()) {
     // The first run writes its corpus, tokenizer and recipe, then trains like any recipe.
     const std::string out = o.out.empty() ? "runs/first-run" : o.out;
@@ -32,10 +34,12 @@ void run(Options o) {
     first.out = out;
     path = out + "/first-run.yaml";
     write_file_atomic(path, recipe_to_yaml(first));
-    std::fprintf(stderr, "nemotronh train: the built-in first run (recipe %s)\n", path.c_str());
+    if (lead)
+      std::fprintf(stderr, "nemotronh train: the built-in first run (recipe %s)\n", path.c_str());
   }
   const Recipe r = load_recipe(path, o.set);
   const TrainOutcome t = train(r, o.resume);
+  if (t.rank != 0) return;
   const int64_t gpu_peak = device_memory_stats().peak;
   const std::string gpu =
       gpu_peak > 0 ? ", GPU " + std::to_string(gpu_peak >> 20) + " MiB" : std::string();
@@ -51,8 +55,8 @@ void run(Options o) {
 
 void add_train(CLI::App& app) {
   auto o = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand(
-      "train", "Train from a YAML recipe (no arguments: the built-in first run)");
+  auto* cmd = app.add_subcommand("train",
+                                 "Train from a YAML recipe (no arguments: the built-in first run)");
   cmd->add_option("--recipe", o->recipe, "YAML recipe (configs/recipes/ has examples)");
   cmd->add_option("--set", o->set, "override a recipe key: key=value (repeatable)");
   cmd->add_option("--out", o->out, "run directory (checkpoints, metrics.jsonl, TensorBoard)");

@@ -56,6 +56,11 @@ void Model::bind() {
     const Tensor& p = adapter_.params.at(name);
     adapter_grads_.add(name, Tensor::zeros(p.shape(), p.dtype(), p.device()));
   }
+  bind_mixers();
+}
+
+void Model::bind_mixers() {
+  mixers_.clear();
   const AdapterBinding binding{&adapter_.params, &adapter_grads_, lora_runtime_.get(),
                                &weights_.quantized};
   for (size_t l = 0; l < config_.layers.size(); ++l) {
@@ -63,6 +68,28 @@ void Model::bind() {
                   has_adapter() ? binding : AdapterBinding());
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
   }
+}
+
+std::pair<Tensor, Tensor> Model::make_contiguous(
+    const std::vector<std::pair<std::string, int64_t>>& offsets, int64_t total) {
+  ParamSet& params = has_adapter() ? adapter_.params : weights_.params;
+  ParamSet& grads = has_adapter() ? adapter_grads_ : grads_;
+  NH_CHECK(offsets.size() == grads.names().size(), "make_contiguous: one offset per gradient");
+  const Tensor& first = params.at(offsets.at(0).first);
+  Tensor flat_params = Tensor::zeros({total}, first.dtype(), first.device());
+  Tensor flat_grads = Tensor::zeros({total}, first.dtype(), first.device());
+  for (const auto& [name, offset] : offsets) {
+    Tensor& p = params.at(name);
+    NH_CHECK(
+        p.dtype() == first.dtype() && p.device() == first.device() && offset + p.numel() <= total,
+        "make_contiguous: " + name + " does not fit the flat buffer");
+    Tensor view = flat_params.slice0(offset, offset + p.numel()).reshape(p.shape());
+    view.copy_from(p);
+    p = view;
+    grads.at(name) = flat_grads.slice0(offset, offset + p.numel()).reshape(p.shape());
+  }
+  bind_mixers();
+  return {flat_params, flat_grads};
 }
 
 void Model::quantize_base(QuantKind kind, Device device) {
@@ -334,6 +361,7 @@ void Model::backward(double grad_scale) {
   Tensor dnorm_f = grads_.at("norm_f.weight");
   rmsnorm_backward(final_in_, weights_.params.at("norm_f.weight"), final_rstd_, dfinal, dh,
                    dnorm_f);
+  if (grads_ready_) grads_ready_(int(mixers_.size()));
 
   Tensor dnormed = Tensor::empty({t, d}, dt, dev), dx = Tensor::empty({t, d}, dt, dev);
   for (size_t l = mixers_.size(); l-- > 0;) {
@@ -347,11 +375,13 @@ void Model::backward(double grad_scale) {
     rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed, dx, dnorm_w);
     add_inplace(dh, dx);
     resid_[l] = normed_[l] = rstd_[l] = Tensor();
+    if (grads_ready_) grads_ready_(int(l));
   }
   if (grads_.has("embeddings.weight")) {
     Tensor demb = grads_.at("embeddings.weight");
     embedding_backward(ids_, dh, demb);
   }
+  if (grads_ready_) grads_ready_(-1);
   final_in_ = final_normed_ = final_rstd_ = Tensor();
 }
 

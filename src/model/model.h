@@ -3,6 +3,7 @@
 // Forward keeps the activations one backward needs; backward accumulates gradients.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -106,6 +107,17 @@ class Model {
   };
   std::vector<TrainableParam> trainable();
 
+  // Distributed training: puts the trainable parameters (trainable()) into one flat buffer and
+  // their gradients into another, each tensor at the element offset `offsets` gives it, in
+  // buffers of `total` elements (the gaps are zero); returns (params, grads). The gradients start
+  // at zero. Call it after to(), which gives every tensor storage of its own again.
+  std::pair<Tensor, Tensor> make_contiguous(
+      const std::vector<std::pair<std::string, int64_t>>& offsets, int64_t total);
+  // Called during backward each time a group of gradients is final: with the layer index once
+  // layer l (and its pre-norm) is done, with layers() for the final norm and an untied LM head
+  // (before any layer), and with -1 for the embedding (the tied head's too) at the end.
+  void set_grads_ready_hook(std::function<void(int)> hook) { grads_ready_ = std::move(hook); }
+
   // Layers of these kinds keep only their input during forward and run forward again just
   // before their backward (activation recomputation).
   void set_recompute(const std::vector<LayerKind>& kinds);
@@ -118,6 +130,7 @@ class Model {
   Model(ModelConfig config, ModelWeights weights, LoraAdapter adapter = LoraAdapter());
   // Gradients (zeros, beside each trainable parameter) and the mixers bound to both.
   void bind();
+  void bind_mixers();
   const Tensor& head_weight() const;
   // Logits of the rows of `normed` (the final norm's output) into `logits`, converting.
   LossSum head_logits(const Tensor& normed, const Tensor& labels, Tensor& logits) const;
@@ -142,6 +155,7 @@ class Model {
   std::unique_ptr<LoraRuntime> lora_runtime_ = std::make_unique<LoraRuntime>();
   std::vector<std::unique_ptr<Mixer>> mixers_;
   std::vector<bool> recompute_;
+  std::function<void(int)> grads_ready_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.
   Batch batch_;
   Tensor ids_, targets_;

@@ -47,41 +47,102 @@ void remove_old(const fs::path& dir, int64_t keep_last) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, int64_t step,
-                            const CheckpointContents& c, int64_t keep_last) {
+namespace {
+
+std::string shard_file_name(int rank, int ranks) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "training_state-%05d-of-%05d.safetensors", rank, ranks);
+  return buf;
+}
+
+// Ends a phase of a save: when any rank of the group failed, every rank throws (the first rank
+// removes the temporary directory), so no rank goes on with a half-written checkpoint.
+void agree(Communicator* group, const std::string& failure, const fs::path& tmp, bool lead,
+           const std::string& what) {
+  double failed = failure.empty() ? 0 : 1;
+  if (group) failed = group->all_reduce(failed, ReduceOp::Max);
+  if (failed == 0) return;
+  if (lead) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+  }
+  throw Error(failure.empty() ? what + ": another rank failed to write its part" : failure);
+}
+
+// Runs `body` and returns what went wrong, "" when nothing did.
+template <class F>
+std::string attempt(const fs::path& root, const std::string& what, F&& body) {
+  try {
+    body();
+    return "";
+  } catch (const fs::filesystem_error& e) {
+    return Error(root.string(), what, "a writable directory with room", e.code().message()).what();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, int64_t step, const CheckpointContents& c,
+                            int64_t keep_last) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   const fs::path final_dir = root / step_name(step);
-  const fs::path tmp = root / (".tmp-" + step_name(step) + "-" + std::to_string(getpid()));
-  try {
-    fs::create_directories(root);
-    fs::remove_all(tmp);
-    if (c.model.has_adapter())
-      save_peft_adapter(tmp.string(), c.model.config(), c.model.adapter(), c.base_model);
+  const bool lead = !c.group || c.group->rank() == 0;
+  // Every rank of a group writes into the same directory, so its name cannot hold a pid.
+  const fs::path tmp = root / (".tmp-" + step_name(step) + "-" +
+                               (c.group ? std::string("ranks") : std::to_string(getpid())));
+  const std::string what = "checkpoint " + step_name(step);
+  std::string failure;
+  if (lead)
+    failure = attempt(root, what, [&] {
+      fs::create_directories(root);
+      fs::remove_all(tmp);
+      fs::create_directories(tmp);
+    });
+  agree(c.group, failure, tmp, lead, what);
+
+  failure = attempt(root, what, [&] {
+    if (lead) {
+      if (c.model.has_adapter())
+        save_peft_adapter(tmp.string(), c.model.config(), c.model.adapter(), c.base_model);
+      else
+        c.model.save(tmp.string());
+      write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.dump(2) + "\n");
+      write_file_atomic((tmp / "recipe.yaml").string(), c.recipe_yaml);
+      if (!c.tokenizer_file.empty() && !fs::exists(tmp / "tokenizer.json"))
+        fs::copy_file(c.tokenizer_file, tmp / "tokenizer.json");
+    }
+    if (!lead && !c.sharded_state) return;
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    std::map<std::string, std::string> begins;
+    for (const auto& p : c.optimizer.state()) {
+      tensors.emplace_back(p.name,
+                           c.sharded_state ? p.tensor.reshape({p.tensor.numel()}) : p.tensor);
+      begins[p.name] = std::to_string(p.begin);
+    }
+    if (lead && !c.model.has_adapter() && needs_master(c.model))
+      for (const auto& name : c.model.params().names()) {
+        const Tensor& w = c.model.params().at(name);
+        tensors.emplace_back("master/" + name, c.sharded_state ? w.reshape({w.numel()}) : w);
+        begins["master/" + name] = "0";
+      }
+    if (c.sharded_state)
+      write_safetensors((tmp / shard_file_name(c.group->rank(), c.group->size())).string(), tensors,
+                        begins);
     else
-      c.model.save(tmp.string());
-    std::vector<std::pair<std::string, Tensor>> state = c.optimizer.state();
-    if (!c.model.has_adapter() && needs_master(c.model))
-      for (const auto& name : c.model.params().names())
-        state.emplace_back("master/" + name, c.model.params().at(name));
-    write_safetensors((tmp / "training_state.safetensors").string(), state);
-    write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.dump(2) + "\n");
-    write_file_atomic((tmp / "recipe.yaml").string(), c.recipe_yaml);
-    if (!c.tokenizer_file.empty() && !fs::exists(tmp / "tokenizer.json"))
-      fs::copy_file(c.tokenizer_file, tmp / "tokenizer.json");
-    fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
-    write_file_atomic((root / "latest").string(), step_name(step) + "\n");
-  } catch (const fs::filesystem_error& e) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
-    throw Error(root.string(), "checkpoint " + step_name(step), "a writable directory with room",
-                e.code().message());
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
-    throw;
-  }
-  remove_old(root, keep_last);
+      write_safetensors((tmp / "training_state.safetensors").string(), tensors);
+  });
+  agree(c.group, failure, tmp, lead, what);
+
+  if (lead)
+    failure = attempt(root, what, [&] {
+      fs::remove_all(final_dir);
+      fs::rename(tmp, final_dir);
+      write_file_atomic((root / "latest").string(), step_name(step) + "\n");
+    });
+  agree(c.group, failure, tmp, lead, what);
+  if (lead) remove_old(root, keep_last);
   return final_dir.string();
 }
 
@@ -96,16 +157,79 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
+SavedState::SavedState(const std::string& dir) : where_(dir) {
+  std::vector<fs::path> paths;
+  if (fs::exists(fs::path(dir) / "training_state.safetensors"))
+    paths.push_back(fs::path(dir) / "training_state.safetensors");
+  else if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with("training_state-") && name.ends_with(".safetensors"))
+        paths.push_back(e.path());
+    }
+  if (paths.empty())
+    throw Error(dir, "training state", "training_state.safetensors or its per-rank pieces", "none");
+  std::sort(paths.begin(), paths.end());
+  for (const auto& path : paths) {
+    files_.emplace_back(path.string());
+    const SafetensorsFile& f = files_.back();
+    for (const auto& name : f.names()) {
+      int64_t begin = 0;
+      if (auto it = f.metadata().find(name); it != f.metadata().end()) {
+        size_t used = 0;
+        try {
+          begin = std::stoll(it->second, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != it->second.size() || begin < 0)
+          throw Error(path.string(), "metadata " + name, "the piece's first element index",
+                      "'" + it->second + "'");
+      }
+      pieces_[name].push_back({files_.size() - 1, begin});
+    }
+  }
+}
+
+bool SavedState::read(const std::string& name, int64_t begin, int64_t full_numel,
+                      Tensor& dst) const {
+  auto it = pieces_.find(name);
+  if (it == pieces_.end()) return false;
+  const int64_t n = dst.numel(), end = begin + n;
+  Tensor flat = dst.reshape({n});
+  int64_t covered = 0, saved_end = 0;
+  for (const Piece& p : it->second) {
+    const Tensor src = files_[p.file].get(name);
+    const int64_t pb = p.begin, pe = p.begin + src.numel();
+    saved_end = std::max(saved_end, pe);
+    const int64_t a = std::max(begin, pb), b = std::min(end, pe);
+    if (a >= b) continue;
+    flat.slice0(a - begin, b - begin).copy_from(src.reshape({src.numel()}).slice0(a - pb, b - pb));
+    covered += b - a;
+  }
+  if (saved_end != full_numel)
+    throw Error(where_, name, std::to_string(full_numel) + " elements in all",
+                std::to_string(saved_end));
+  if (covered != n)
+    throw Error(
+        where_, name,
+        "elements " + std::to_string(begin) + ".." + std::to_string(end) + " in the saved pieces",
+        std::to_string(covered) + " of them");
+  return true;
+}
+
 LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base_model) {
   const bool adapter = fs::exists(fs::path(dir) / "adapter_config.json");
   if (adapter && base_model.empty())
     throw Error(dir, "base model", "the directory of the model the adapter was trained on", "none");
   Model model = Model::load(adapter ? base_model : dir);
   if (adapter) model.attach_adapter(load_peft_adapter(dir, model.config()));
-  SafetensorsFile state((fs::path(dir) / "training_state.safetensors").string());
+  const SavedState state(dir);
   ParamSet& restored = adapter ? model.adapter_params() : model.params();
-  for (const auto& name : restored.names())
-    if (state.has("master/" + name)) restored.at(name).copy_from(state.get("master/" + name));
+  for (const auto& name : restored.names()) {
+    Tensor& w = restored.at(name);
+    state.read("master/" + name, 0, w.numel(), w);
+  }
   const std::string where = (fs::path(dir) / "trainer_state.json").string();
   nlohmann::json j;
   try {
@@ -117,12 +241,10 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base
 }
 
 void load_optimizer_state(const std::string& dir, Optimizer& optimizer) {
-  const std::string path = (fs::path(dir) / "training_state.safetensors").string();
-  SafetensorsFile f(path);
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& n : f.names())
-    if (!n.starts_with("master/")) tensors.emplace_back(n, f.get(n));
-  optimizer.load_state(tensors, path);
+  const SavedState state(dir);
+  optimizer.load_state([&](const std::string& name, int64_t begin, int64_t full_numel,
+                           Tensor& dst) { return state.read(name, begin, full_numel, dst); },
+                       state.where());
 }
 
 }  // namespace nh

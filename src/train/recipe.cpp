@@ -39,7 +39,7 @@ struct Field {
   Member member;
 };
 
-const std::array<Field, 50> kFields = {{
+const std::array<Field, 55> kFields = {{
     {"model", &Recipe::model},
     {"init_from", &Recipe::init_from},
     {"hybrid_override_pattern", &Recipe::hybrid_override_pattern},
@@ -87,6 +87,11 @@ const std::array<Field, 50> kFields = {{
     {"lora_init", &Recipe::lora_init},
     {"load_in_4bit", &Recipe::load_in_4bit},
     {"load_in_8bit", &Recipe::load_in_8bit},
+    {"tensor_model_parallel_size", &Recipe::tensor_model_parallel_size},
+    {"sequence_parallel", &Recipe::sequence_parallel},
+    {"expert_model_parallel_size", &Recipe::expert_model_parallel_size},
+    {"use_distributed_optimizer", &Recipe::use_distributed_optimizer},
+    {"ddp_bucket_size", &Recipe::ddp_bucket_size},
     {"device", &Recipe::device},
     {"out", &Recipe::out},
     {"sample_prompt", &Recipe::sample_prompt},
@@ -354,7 +359,23 @@ class RecipeReader {
         need(d.type == "chat", "sample_packing",
              "true unless every data source is chat (pretraining rows are always packed)",
              "false with a " + d.type + " source");
+    validate_parallel(r);
     validate_adapter(r);
+  }
+
+  // The layout keys alone; whether the world size fits them is checked at launch.
+  void validate_parallel(const Recipe& r) const {
+    positive(r.tensor_model_parallel_size, "tensor_model_parallel_size");
+    positive(r.expert_model_parallel_size, "expert_model_parallel_size");
+    positive(r.ddp_bucket_size, "ddp_bucket_size");
+    need(r.tensor_model_parallel_size == 1, "tensor_model_parallel_size",
+         "1 (tensor parallelism is not built yet; data parallelism is)",
+         std::to_string(r.tensor_model_parallel_size));
+    need(r.expert_model_parallel_size == 1, "expert_model_parallel_size",
+         "1 (expert parallelism is not built yet; data parallelism is)",
+         std::to_string(r.expert_model_parallel_size));
+    need(!r.sequence_parallel, "sequence_parallel",
+         "false (sequence parallelism comes with tensor parallelism, not built yet)", "true");
   }
 
   // The adapter keys: sensible values, and set only with an adapter on a pretrained model.

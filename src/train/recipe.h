@@ -80,6 +80,15 @@ struct Recipe {
   bool load_in_4bit = false;
   bool load_in_8bit = false;
 
+  // Parallel layout (Megatron's names; docs/DISTRIBUTED.md). The data-parallel size is the
+  // world size over the others. Only data parallelism is built so far: tensor, sequence and
+  // expert parallelism are rejected with a clear error.
+  int64_t tensor_model_parallel_size = 1;
+  bool sequence_parallel = false;
+  int64_t expert_model_parallel_size = 1;
+  bool use_distributed_optimizer = false;  // ZeRO-1: optimizer state sharded over data parallel
+  int64_t ddp_bucket_size = 40000000;      // parameters per gradient-reduction bucket
+
   std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
   std::string out = "runs/run";
   std::string sample_prompt;  // a short generation at the end of the run, when set

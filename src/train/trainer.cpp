@@ -11,6 +11,8 @@
 
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
+#include "dist/data_parallel.h"
+#include "dist/launch.h"
 #include "infer/generate.h"
 #include "io/tokenizer.h"
 #include "model/presets.h"
@@ -53,7 +55,8 @@ class StopSignals {
 std::vector<LayerKind> recompute_kinds(const Recipe& r) {
   std::vector<LayerKind> kinds;
   for (const auto& k : r.recompute) {
-    if (k == "all" || r.gradient_checkpointing) return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
+    if (k == "all" || r.gradient_checkpointing)
+      return {LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe};
     if (k == "mamba") kinds.push_back(LayerKind::Mamba);
     if (k == "attention") kinds.push_back(LayerKind::Attention);
     if (k == "mlp") kinds.push_back(LayerKind::Mlp);
@@ -108,18 +111,45 @@ int64_t total_steps(const Recipe& r) {
   return std::max<int64_t>(1, r.train_tokens / (r.global_batch_size * r.seq_length));
 }
 
-double mean_loss(Model& model, DataStream& stream, const Recipe& r, int64_t iters) {
-  double sum = 0;
-  int64_t count = 0;
+// Mean loss over `iters` micro-batches; a group splits them between its ranks.
+double mean_loss(Model& model, DataStream& stream, const Recipe& r, int64_t iters,
+                 Communicator* group = nullptr) {
+  double sum = 0, count = 0;
   Tensor none;
   model.set_lora_dropout(false, 0);
   for (int64_t i = 0; i < iters; ++i) {
     MicroBatch b = stream.next_batch(r.micro_batch_size);
+    if (group && i % group->size() != group->rank()) continue;
     const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
     sum += l.sum;
-    count += l.count;
+    count += double(l.count);
   }
-  return count ? sum / double(count) : NAN;
+  if (group) {
+    sum = group->all_reduce(sum);
+    count = group->all_reduce(count);
+  }
+  return count > 0 ? sum / count : NAN;
+}
+
+// Sums each MoE layer's expert loads (I64 on the CPU) over the group.
+void all_reduce_loads(std::vector<std::pair<size_t, Tensor>>& loads, Communicator& group) {
+  for (auto& [layer, load] : loads) {
+    Tensor t = load.to(group.device());
+    group.all_reduce(t);
+    load = t.to(Device::CPU);
+  }
+}
+
+// The data-parallel size the world gives the recipe's layout; a world or batch it does not fit
+// is an Error naming the key.
+int data_parallel_size(const Recipe& r, int world) {
+  const int64_t dp = world;
+  if (r.global_batch_size % (r.micro_batch_size * dp) != 0)
+    throw Error("recipe", "global_batch_size",
+                "a multiple of micro_batch_size × data-parallel size (" +
+                    std::to_string(r.micro_batch_size) + " × " + std::to_string(dp) + ")",
+                std::to_string(r.global_batch_size));
+  return int(dp);
 }
 
 // Adds `from` (I64 [E], any device) into `into` (on the CPU).
@@ -134,7 +164,7 @@ ParamSet place_model(Model& model, Device device, const Recipe& r) {
   if (device == Device::CPU) return {};
   const DType dtype = r.precision == "bf16" ? DType::BF16 : DType::F32;
   // Under an adapter only its tensors have masters (and the base needs no fp32 copy kept).
-  ParamSet full = dtype == DType::F32      ? ParamSet()
+  ParamSet full = dtype == DType::F32   ? ParamSet()
                   : model.has_adapter() ? model.adapter().params
                                         : model.params();
   model.to(device, dtype);
@@ -145,6 +175,11 @@ ParamSet place_model(Model& model, Device device, const Recipe& r) {
 
 TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   const Device device = select_device(r.device, "recipe");
+  // The communicators first: on the GPU they choose this rank's device.
+  const std::unique_ptr<Communicator> world = world_communicator(launch_info(), device);
+  const int dp = data_parallel_size(r, world->size());
+  const bool lead = world->rank() == 0;
+  quiet = quiet || !lead;
   fs::create_directories(r.out);
   const std::string tok_path = tokenizer_path(r);
   const Tokenizer tokenizer = Tokenizer::load(tok_path);
@@ -160,8 +195,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     return std::move(c.model);
   }();
   if (tokenizer.vocab_size() > model.config().vocab_size)
-    throw Error(tok_file, "vocabulary", "at most the model's vocab_size " +
-                                            std::to_string(model.config().vocab_size),
+    throw Error(tok_file, "vocabulary",
+                "at most the model's vocab_size " + std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
   if (const auto kind = base_quantization(r)) {
     model.quantize_base(*kind, device);
@@ -172,8 +207,16 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   }
   model.set_recompute(recompute_kinds(r));
   ParamSet full_precision = place_model(model, device, r);
-  Optimizer optimizer(model, {r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay, r.clip_grad},
-                      full_precision.names().empty() ? nullptr : &full_precision);
+  const std::unique_ptr<DataParallel> ddp =
+      dp > 1 ? std::make_unique<DataParallel>(model, *world, r.use_distributed_optimizer,
+                                              r.ddp_bucket_size)
+             : nullptr;
+  const OptimizerSettings settings{r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay,
+                                   r.clip_grad};
+  const ParamSet* masters_from = full_precision.names().empty() ? nullptr : &full_precision;
+  Optimizer optimizer =
+      ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from, ddp->norm_group())
+          : Optimizer(model, settings, masters_from);
   full_precision = ParamSet();  // the masters hold these values now
   if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer);
 
@@ -181,7 +224,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   std::unique_ptr<DataStream> val_stream;
   nlohmann::json val_start;
   if (r.eval_interval > 0) {
-    val_stream = std::make_unique<DataStream>(stream_config(r, tokenizer, model.config().vocab_size, 1));
+    val_stream =
+        std::make_unique<DataStream>(stream_config(r, tokenizer, model.config().vocab_size, 1));
     val_start = val_stream->state();
   }
   // step counts optimizer steps taken or skipped; updates only those taken (AdamW's t).
@@ -201,28 +245,36 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
 
   const int64_t steps = total_steps(r);
   const int64_t accum = r.global_batch_size / r.micro_batch_size;
-  const LrSchedule schedule{r.lr_schedule, r.lr, r.min_lr, r.warmup_steps, steps,
-                            r.wsd_decay_fraction};
-  MetricsLogger metrics(r.out, steps, device == Device::CUDA ? gpu_bf16_peak_flops() : 0.0, true,
-                        r.log_interval);
-  if (quiet) {
-    static std::ostringstream sink;
-    metrics.set_console(sink, false);
+  const LrSchedule schedule{r.lr_schedule,  r.lr,  r.min_lr,
+                            r.warmup_steps, steps, r.wsd_decay_fraction};
+  // Only the first rank writes metrics.
+  std::optional<MetricsLogger> metrics;
+  if (lead) {
+    metrics.emplace(r.out, steps, device == Device::CUDA ? gpu_bf16_peak_flops() : 0.0, true,
+                    r.log_interval);
+    if (quiet) {
+      static std::ostringstream sink;
+      metrics->set_console(sink, false);
+    }
+    metrics->truncate_after(step);
   }
-  metrics.truncate_after(step);
   const double flops_per_token = model_flops_per_token(model.config(), r.seq_length);
   const std::string recipe_yaml = recipe_to_yaml(r);
 
   TrainOutcome out;
+  out.rank = world->rank();
   auto save = [&] {
     nlohmann::json s = {{"step", step},
                         {"updates", updates},
                         {"tokens", tokens_seen},
                         {"skipped_in_a_row", skipped_in_a_row},
                         {"data", train_stream.state()}};
-    metrics.flush();
-    out.checkpoint = save_checkpoint(
-        r.out, step, {model, optimizer, s, recipe_yaml, tok_file, r.init_from}, r.keep_last);
+    if (metrics) metrics->flush();
+    out.checkpoint =
+        save_checkpoint(r.out, step,
+                        {model, optimizer, s, recipe_yaml, tok_file, r.init_from,
+                         ddp ? world.get() : nullptr, ddp && ddp->distributed_optimizer()},
+                        r.keep_last);
   };
 
   StopSignals signals;
@@ -236,20 +288,30 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     int64_t loss_count = 0, step_tokens = 0;
     std::vector<std::pair<size_t, Tensor>> loads;
     for (int64_t micro = 0; micro < accum; ++micro) {
+      // Every rank reads the whole global batch and computes its share of the micro-batches,
+      // so the step sees the same data at any data-parallel size.
       MicroBatch b = train_stream.next_batch(r.micro_batch_size);
+      step_tokens += b.ids.numel();
+      if (micro % dp != world->rank()) continue;
+      if (ddp) ddp->set_last_micro_batch(micro + dp >= accum);
       model.set_lora_dropout(true, r.seed ^ (uint64_t(step) << 20) ^ uint64_t(micro));
       Tensor none;
       const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
       model.backward(1.0);  // Σ loss; scaled by 1/tokens of the whole global batch below
       loss_sum += l.sum;
       loss_count += l.count;
-      step_tokens += b.ids.numel();
       const auto micro_loads = model.expert_loads();
       if (loads.empty())
         for (const auto& [layer, load] : micro_loads)
           loads.emplace_back(layer, load.to(Device::CPU).clone());
       else
         for (size_t i = 0; i < loads.size(); ++i) add_load(loads[i].second, micro_loads[i].second);
+    }
+    if (ddp) {
+      ddp->finish_gradient_reduction();
+      loss_sum = world->all_reduce(loss_sum);
+      loss_count = int64_t(world->all_reduce(double(loss_count)));
+      all_reduce_loads(loads, *world);
     }
     const double loss = loss_count ? loss_sum / double(loss_count) : NAN;
     const double lr = schedule.at(step);
@@ -262,6 +324,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       ++skipped_in_a_row;
       m.skipped = true;
     } else {
+      if (ddp) ddp->gather_parameters();
       ++updates;
       skipped_in_a_row = 0;
       // Auxiliary-loss-free balancing: nudge each router's bias toward balanced load.
@@ -295,7 +358,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     m.tokens = step_tokens;
     m.seconds = seconds;
     m.model_flops = flops_per_token * double(step_tokens);
-    metrics.log_step(m);
+    if (metrics) metrics->log_step(m);
     if (first) out.first_loss = loss;
     first = false;
     out.last_loss = loss;
@@ -303,14 +366,20 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     if (skipped_in_a_row >= r.max_skipped_steps) {
       save();
       throw Error("training", "loss", "finite losses and gradients",
-                  std::to_string(skipped_in_a_row) + " non-finite steps in a row (stopped at step " +
-                      std::to_string(step) + " after saving " + out.checkpoint + ")");
+                  std::to_string(skipped_in_a_row) +
+                      " non-finite steps in a row (stopped at step " + std::to_string(step) +
+                      " after saving " + out.checkpoint + ")");
     }
     if (val_stream && step % r.eval_interval == 0) {
       val_stream->restore(val_start);
-      metrics.log_validation(step, mean_loss(model, *val_stream, r, r.eval_iters));
+      const double val_loss =
+          mean_loss(model, *val_stream, r, r.eval_iters, ddp ? world.get() : nullptr);
+      if (metrics) metrics->log_validation(step, val_loss);
     }
-    if (signals.requested()) {
+    // A signal to any rank stops them all at the same step.
+    const bool stop = ddp ? world->all_reduce(signals.requested() ? 1.0 : 0.0, ReduceOp::Max) > 0
+                          : signals.requested();
+    if (stop) {
       save();
       out.interrupted = true;
       break;

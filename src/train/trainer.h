@@ -18,7 +18,8 @@ struct TrainOutcome {
   int64_t skipped_steps = 0;  // non-finite steps skipped in this process
   bool interrupted = false;   // stopped by SIGINT/SIGTERM (after a checkpoint)
   std::string checkpoint;     // the last checkpoint written
-  double tokens_per_s = 0;
+  double tokens_per_s = 0;    // of the whole job
+  int rank = 0;               // of this process in a multi-process job (0 reports)
 };
 
 // Runs the recipe; `resume` continues from the newest checkpoint of recipe.out when there is

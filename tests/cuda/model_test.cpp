@@ -180,7 +180,7 @@ TEST(OptimizerOnGpu, Bf16ModelsStepTheirFp32Masters) {
   cpu_opt.step(0.5, 1e-2, 1);
   gpu_opt.step(0.5, 1e-2, 1);
   int masters = 0;
-  for (const auto& [name, t] : gpu_opt.state()) {
+  for (const auto& [name, begin, t] : gpu_opt.state()) {
     if (!name.starts_with("master/")) continue;
     ++masters;
     const std::string p = name.substr(7);

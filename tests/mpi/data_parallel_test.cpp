@@ -1,0 +1,135 @@
+// Data parallelism against one process: every rank also trains the same model alone on the
+// whole global batch, then the data-parallel run (its share of the micro-batches on each rank,
+// gradients reduced, with and without the distributed optimizer) must see the same losses,
+// gradients and weights.
+#include "dist/data_parallel.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/rng.h"
+#include "model/presets.h"
+#include "support/expect.h"
+#include "world.h"
+
+namespace nh {
+namespace {
+
+using test::world;
+
+constexpr int64_t kMicroBatches = 4, kRows = 2, kSeq = 24;
+
+struct Batch {
+  Tensor ids, targets;
+};
+
+// Micro-batch `micro` of step `step`: random tokens, the next token as target.
+Batch micro_batch(const ModelConfig& c, int step, int micro) {
+  Rng rng(1000 * uint64_t(step) + uint64_t(micro));
+  Tensor ids = Tensor::empty({kRows, kSeq}, DType::I64);
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    ids.data<int64_t>()[i] = int64_t(rng.uniform() * double(c.vocab_size - 1));
+  return {ids, shift_labels(ids)};
+}
+
+struct StepLog {
+  double loss = 0, grad_norm = 0;
+};
+
+// One optimizer step over the global batch; `dp` null: this process alone on every
+// micro-batch. Returns the mean loss and the gradient norm.
+StepLog train_step(Model& model, Optimizer& opt, DataParallel* dp, int step) {
+  model.zero_grads();
+  const int ranks = dp ? world().size() : 1, rank = dp ? world().rank() : 0;
+  double sum = 0, count = 0;
+  Tensor none;
+  for (int micro = 0; micro < kMicroBatches; ++micro) {
+    if (micro % ranks != rank) continue;
+    if (dp) dp->set_last_micro_batch(micro + ranks >= kMicroBatches);
+    const Batch b = micro_batch(model.config(), step, micro);
+    const LossSum l = model.forward(b.ids, b.targets, Tensor(), none);
+    model.backward(1.0);
+    sum += l.sum;
+    count += double(l.count);
+  }
+  if (dp) {
+    dp->finish_gradient_reduction();
+    sum = world().all_reduce(sum);
+    count = world().all_reduce(count);
+  }
+  const StepResult r = opt.step(1.0 / count, 2e-3, step);
+  if (dp) dp->gather_parameters();
+  return {sum / count, r.grad_norm};
+}
+
+struct Case {
+  const char* preset;
+  DType dtype;
+  bool distributed_optimizer;
+  int64_t bucket_elements;
+  // fp32: the ranks add the same gradients in another order, so sums differ by rounding
+  // (~1e-7 relative); Adam divides by √v, which turns a tiny difference in a near-zero gradient
+  // into up to lr = 2e-3 per step in its weight, so weights are compared at 1e-2·lr·steps and
+  // the losses and norms at 1e-5. fp64: the same argument at 1e-12.
+  double loss_tol, weight_tol;
+};
+
+class DataParallelMatchesOneProcess : public testing::TestWithParam<Case> {};
+
+TEST_P(DataParallelMatchesOneProcess, LossesGradientsAndWeights) {
+  const Case c = GetParam();
+  ASSERT_EQ(kMicroBatches % world().size(), 0) << "run with 2 or 4 ranks";
+  const ModelConfig config = preset_config(c.preset);
+  Model alone = Model::init(config, 5), parallel = Model::init(config, 5);
+  alone.to(Device::CPU, c.dtype);
+  parallel.to(Device::CPU, c.dtype);
+  Optimizer alone_opt(alone, {});
+  DataParallel dp(parallel, world(), c.distributed_optimizer, c.bucket_elements);
+  if (c.bucket_elements < DataParallel::kDefaultBucketElements) {
+    EXPECT_GT(dp.buckets(), 3u);
+  }
+  Optimizer parallel_opt(dp.optimizer_ranges(), {}, nullptr, dp.norm_group());
+
+  for (int step = 1; step <= 3; ++step) {
+    const StepLog a = train_step(alone, alone_opt, nullptr, step);
+    const StepLog p = train_step(parallel, parallel_opt, &dp, step);
+    EXPECT_NEAR(p.loss, a.loss, c.loss_tol * a.loss) << "step " << step;
+    EXPECT_NEAR(p.grad_norm, a.grad_norm, c.loss_tol * a.grad_norm) << "step " << step;
+    // The reduced gradients this rank's optimizer read: its ranges of the summed gradients.
+    double worst = 0, scale = 0;
+    for (const OptimizerRange& r : dp.optimizer_ranges()) {
+      const Tensor& g = alone.grads().at(r.name);
+      const Tensor want = g.reshape({g.numel()}).slice0(r.begin, r.begin + r.grad.numel());
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        worst = std::max(worst, std::fabs(read_float(r.grad, i) - read_float(want, i)));
+        scale = std::max(scale, std::fabs(read_float(want, i)));
+      }
+    }
+    EXPECT_LE(worst, c.loss_tol * scale) << "gradients, step " << step;
+  }
+  for (const auto& name : alone.params().names())
+    test::expect_near_all(parallel.params().at(name), alone.params().at(name), c.weight_tol, name);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, DataParallelMatchesOneProcess,
+                         testing::Values(Case{"tiny-hybrid", DType::F32, false, 3000, 1e-5, 6e-5},
+                                         Case{"tiny-hybrid", DType::F32, true, 3000, 1e-5, 6e-5},
+                                         Case{"tiny-hybrid", DType::F32, true,
+                                              DataParallel::kDefaultBucketElements, 1e-5, 6e-5},
+                                         Case{"tiny-moe", DType::F32, true, 5000, 1e-5, 6e-5},
+                                         Case{"tiny-hybrid", DType::F64, true, 3000, 1e-12,
+                                              1e-12}));
+
+TEST(DataParallel, BucketsDivideEvenlyAndCoverEveryParameterOnce) {
+  const ModelConfig config = preset_config("tiny-hybrid");
+  Model m = Model::init(config, 5);
+  DataParallel dp(m, world(), true, 1000);
+  int64_t owned = 0, total = 0;
+  for (const OptimizerRange& r : dp.optimizer_ranges()) owned += r.param.numel();
+  for (const auto& t : m.trainable()) total += t.param.numel();
+  EXPECT_EQ(world().all_reduce(double(owned)), double(total));
+}
+
+}  // namespace
+}  // namespace nh
