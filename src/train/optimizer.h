@@ -1,7 +1,7 @@
 // AdamW over a model's trainable parameters (Model::trainable: the adapter alone under LoRA;
-// fp32 master weights and moments; fp64 ones for an fp64 model), with global-norm clipping and the weight-decay rule
-// Megatron uses: no decay on norms, biases, A_log, D and dt_bias (every 1-D parameter); decay on
-// matrices, conv weights, the embedding and LoRA factors.
+// fp32 master weights and moments, fp64 ones for an fp64 model), with global-norm clipping and
+// the weight-decay rule Megatron uses: no decay on norms, biases, A_log, D and dt_bias (every 1-D
+// parameter); decay on matrices, conv weights, the embedding and LoRA factors.
 // When the model computes in bf16 the optimizer holds the fp32 masters beside the moments (on
 // the model's device), updates them and rounds them into the model after each step.
 #pragma once
