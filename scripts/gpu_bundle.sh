@@ -21,7 +21,7 @@ for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops" "$out/nemotronh-benc
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case $(basename "$lib") in
       libc.so* | libm.so* | libstdc++* | libgcc_s* | libdl* | libpthread* | librt* | ld-linux*) ;;
-      libcuda.so* | libcudart* | libcublas*) ;;  # from the GPU machine's driver and toolkit
+      libcuda.so* | libcudart* | libcublas* | libnccl*) ;;  # from the GPU machine's driver and toolkit
       *) cp -L "$lib" "$out/lib/" ;;
     esac
   done
@@ -31,7 +31,10 @@ cat > "$out/run.sh" <<'RUN'
 # Runs a bundled program with the bundled libraries and the machine's CUDA toolkit.
 here=$(cd "$(dirname "$0")" && pwd)
 cuda=${CUDA_HOME:-/usr/local/cuda}
-export LD_LIBRARY_PATH="$here/lib:$cuda/lib64:${LD_LIBRARY_PATH:-}"
+# NCCL: the toolkit's, or else the one PyTorch installs (the nvidia-nccl wheel).
+nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' \
+  2>/dev/null || true)
+export LD_LIBRARY_PATH="$here/lib:$cuda/lib64:${nccl:+$nccl:}${LD_LIBRARY_PATH:-}"
 exec "$here/$1" "${@:2}"
 RUN
 chmod +x "$out/run.sh"

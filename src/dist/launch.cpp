@@ -70,6 +70,9 @@ LaunchInfo launch_info(const std::map<std::string, std::string>* env_in) {
   if (auto it = env.find("MASTER_ADDR"); it != env.end() && !it->second.empty())
     info.master_addr = it->second;
   info.master_port = int_var(env, "MASTER_PORT", 1).value_or(info.master_port);
+  // torchrun's agent holds its own store on MASTER_PORT; ours then listens on the next port.
+  if (auto it = env.find("TORCHELASTIC_USE_AGENT_STORE"); it != env.end() && it->second == "True")
+    ++info.master_port;
   if (info.master_port > 65535)
     throw Error("environment", "MASTER_PORT", "a TCP port (1-65535)",
                 std::to_string(info.master_port));

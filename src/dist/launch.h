@@ -4,7 +4,8 @@
 //   mpirun (OpenMPI)   OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK
 //   Slurm srun         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
 // in that order of precedence. NCCL's first contact goes through MASTER_ADDR:MASTER_PORT
-// (default 127.0.0.1:29500, which is right on one node).
+// (default 127.0.0.1:29500, which is right on one node); under torchrun, whose agent holds
+// MASTER_PORT itself, through MASTER_PORT + 1.
 #pragma once
 
 #include <map>
@@ -19,7 +20,7 @@ struct LaunchInfo {
   int rank = 0, world_size = 1, local_rank = 0;
   std::string launcher = "none";  // "torchrun", "mpirun", "slurm" or "none"
   std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
+  int master_port = 29500;  // where rank 0 listens for the others (tcp_rendezvous.h)
 };
 
 // Reads `env` (the process environment when null). A malformed or inconsistent variable is an

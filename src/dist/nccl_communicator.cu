@@ -117,7 +117,7 @@ class NcclCommunicator final : public Communicator {
 
   void barrier() override {
     Tensor one = Tensor::zeros({1}, DType::F32, Device::CUDA);
-    all_reduce(one);
+    all_reduce(one, ReduceOp::Sum, Completion::Now);
     check(cudaStreamSynchronize(compute_stream()), "cudaStreamSynchronize");
   }
 

@@ -250,8 +250,9 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   // Only the first rank writes metrics.
   std::optional<MetricsLogger> metrics;
   if (lead) {
-    metrics.emplace(r.out, steps, device == Device::CUDA ? gpu_bf16_peak_flops() : 0.0, true,
-                    r.log_interval);
+    // MFU of the whole job: its FLOP/s against the peak of all its GPUs.
+    const double peak = device == Device::CUDA ? gpu_bf16_peak_flops() * world->size() : 0.0;
+    metrics.emplace(r.out, steps, peak, true, r.log_interval);
     if (quiet) {
       static std::ostringstream sink;
       metrics->set_console(sink, false);
