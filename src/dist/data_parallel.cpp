@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "dist/tensor_parallel.h"
+
 namespace nh {
 
 namespace {
@@ -63,7 +65,8 @@ std::vector<OptimizerRange> DataParallel::optimizer_ranges() const {
   for (const Segment& s : segments_) {
     if (!distributed_optimizer_) {
       ranges.push_back({s.name, params_.slice0(s.offset, s.offset + s.numel),
-                        grads_.slice0(s.offset, s.offset + s.numel), 0, s.decay, s.numel});
+                        grads_.slice0(s.offset, s.offset + s.numel), 0, s.decay, s.numel,
+                        tp_replicated(model_, s.name)});
       continue;
     }
     for (const Bucket& b : buckets_) {
@@ -71,8 +74,8 @@ std::vector<OptimizerRange> DataParallel::optimizer_ranges() const {
       const int64_t mine = b.begin + part * group_.rank();
       const int64_t a = std::max(s.offset, mine), e = std::min(s.offset + s.numel, mine + part);
       if (a < e)
-        ranges.push_back(
-            {s.name, params_.slice0(a, e), grads_.slice0(a, e), a - s.offset, s.decay, s.numel});
+        ranges.push_back({s.name, params_.slice0(a, e), grads_.slice0(a, e), a - s.offset, s.decay,
+                          s.numel, tp_replicated(model_, s.name)});
     }
   }
   return ranges;

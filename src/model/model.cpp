@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "dist/tensor_parallel.h"
 #include "io/atomic_file.h"
 #include "model/init.h"
 #include "model/moe_mixer.h"
@@ -90,6 +91,47 @@ std::pair<Tensor, Tensor> Model::make_contiguous(
   }
   bind_mixers();
   return {flat_params, flat_grads};
+}
+
+void Model::shard_tensor_parallel(Communicator& group) {
+  NH_CHECK(!has_adapter() && weights_.quantized.empty() && device() == Device::CPU && !tp_,
+           "shard_tensor_parallel: a whole model on the CPU, with no adapter");
+  const ModelConfig local = tp_local_config(config_, group.size());
+  for (const auto& spec : param_specs(config_, weights_.tied_head, weights_.attention_biases)) {
+    Tensor& p = weights_.params.at(spec.name);
+    p = tp_shard(p, tp_split(config_, spec.name), group.rank(), group.size());
+  }
+  full_config_ = config_;
+  config_ = local;
+  tp_ = &group;
+  bind();
+}
+
+void Model::save_gathered(const std::string& dir, bool write) const {
+  if (!tp_) {
+    if (write) save(dir);
+    return;
+  }
+  ModelWeights whole = weights_;
+  const int ranks = tp_->size();
+  for (const auto& spec :
+       param_specs(full_config_, weights_.tied_head, weights_.attention_biases)) {
+    const TpSplit split = tp_split(full_config_, spec.name);
+    const Tensor& local = weights_.params.at(spec.name);
+    if (split.kind == TpSplit::Whole) {
+      whole.params.at(spec.name) = local.to(Device::CPU);
+      continue;
+    }
+    const int64_t n = local.numel();
+    Tensor all = Tensor::empty({n * ranks}, local.dtype(), local.device());
+    tp_->all_gather(local.reshape({n}), all);
+    const Tensor host = all.to(Device::CPU);
+    std::vector<Tensor> shards;
+    for (int r = 0; r < ranks; ++r)
+      shards.push_back(host.slice0(n * r, n * (r + 1)).reshape(local.shape()));
+    whole.params.at(spec.name) = tp_unshard(shards, split);
+  }
+  if (write) write_model_dir(dir, full_config_, whole);
 }
 
 void Model::quantize_base(QuantKind kind, Device device) {
@@ -265,9 +307,14 @@ void Model::save(const std::string& dir) const {
   if (!weights_.quantized.empty())
     throw Error(dir, "weights", "full-precision weights (nemotronh merge folds an adapter into "
                 "the unquantised base)", "a quantised base");
+  write_model_dir(dir, config_, weights_);
+}
+
+void Model::write_model_dir(const std::string& dir, const ModelConfig& config,
+                            const ModelWeights& weights) const {
   fs::create_directories(dir);
-  write_weights(dir, hf_tensors(config_, weights_));
-  write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_json(config_).dump(2) + "\n");
+  write_weights(dir, hf_tensors(config, weights));
+  write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_json(config).dump(2) + "\n");
   // The tokenizer and generation settings travel with the weights.
   if (!source_dir_.empty() && fs::path(source_dir_) != fs::path(dir))
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -309,6 +356,7 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
                     config_.layer_norm_epsilon, normed_[l], rstd_[l]);
     Tensor out = Tensor::empty({t, d}, dt, dev);
     mixers_[l]->forward(normed_[l], batch_, out);
+    if (tp_ && config_.layers[l] != LayerKind::Moe) tp_->all_reduce(out);  // partial sums
     if (recompute_[l]) mixers_[l]->release();
     add_inplace(h, out);
   }
@@ -371,6 +419,7 @@ void Model::backward(double grad_scale) {
       mixers_[l]->forward(normed_[l], batch_, again);
     }
     mixers_[l]->backward(dh, dnormed);
+    if (tp_ && config_.layers[l] != LayerKind::Moe) tp_->all_reduce(dnormed);
     Tensor dnorm_w = grads_.at(norm);
     rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed, dx, dnorm_w);
     add_inplace(dh, dx);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "model/config.h"
 #include "model/lora.h"
 #include "model/mixer.h"
@@ -32,6 +33,9 @@ class Model {
   // written to temporary names and renamed. An attached adapter is not written (see
   // save_peft_adapter, or merge_adapter first); a quantised base is an Error.
   void save(const std::string& dir) const;
+  // Under tensor parallelism every rank of the group calls it: the whole weights are gathered
+  // from the ranks' shards and written when `write`. Otherwise save(dir) when `write`.
+  void save_gathered(const std::string& dir, bool write) const;
 
   // Moves the parameters to `device` in `dtype` (buffers such as the router's correction bias
   // stay F32); gradients are recreated there as zeros and saved activations are dropped.
@@ -39,7 +43,10 @@ class Model {
   Device device() const { return params().at("embeddings.weight").device(); }
   DType dtype() const { return params().at("embeddings.weight").dtype(); }
 
+  // The config this process computes with: under tensor parallelism, its share of the heads,
+  // groups and MLP width (dist/tensor_parallel.h); full_config() is the whole model's.
   const ModelConfig& config() const { return config_; }
+  const ModelConfig& full_config() const { return tp_ ? full_config_ : config_; }
   ParamSet& params() { return weights_.params; }
   const ParamSet& params() const { return weights_.params; }
   ParamSet& grads() { return grads_; }
@@ -113,6 +120,13 @@ class Model {
   // at zero. Call it after to(), which gives every tensor storage of its own again.
   std::pair<Tensor, Tensor> make_contiguous(
       const std::vector<std::pair<std::string, int64_t>>& offsets, int64_t total);
+  // Tensor parallelism: keeps this rank's shard of each Mamba, attention and MLP parameter of
+  // `group` (the model holds whole parameters on the CPU, with no adapter or quantised base),
+  // computes with the local config, and sums those layers' outputs and input gradients over
+  // the group. An impossible split is an Error naming the config field.
+  void shard_tensor_parallel(Communicator& group);
+  Communicator* tensor_parallel_group() const { return tp_; }
+
   // Called during backward each time a group of gradients is final: with the layer index once
   // layer l (and its pre-norm) is done, with layers() for the final norm and an untied LM head
   // (before any layer), and with -1 for the embedding (the tied head's too) at the end.
@@ -128,6 +142,9 @@ class Model {
 
  private:
   Model(ModelConfig config, ModelWeights weights, LoraAdapter adapter = LoraAdapter());
+  // An HF directory of `weights` under `config`, with this model's tokenizer files.
+  void write_model_dir(const std::string& dir, const ModelConfig& config,
+                       const ModelWeights& weights) const;
   // Gradients (zeros, beside each trainable parameter) and the mixers bound to both.
   void bind();
   void bind_mixers();
@@ -156,6 +173,8 @@ class Model {
   std::vector<std::unique_ptr<Mixer>> mixers_;
   std::vector<bool> recompute_;
   std::function<void(int)> grads_ready_;
+  Communicator* tp_ = nullptr;
+  ModelConfig full_config_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.
   Batch batch_;
   Tensor ids_, targets_;

@@ -103,11 +103,11 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
   agree(c.group, failure, tmp, lead, what);
 
   failure = attempt(root, what, [&] {
+    if (c.saves_model && c.model.has_adapter() && lead)
+      save_peft_adapter(tmp.string(), c.model.config(), c.model.adapter(), c.base_model);
+    else if (c.saves_model && !c.model.has_adapter())
+      c.model.save_gathered(tmp.string(), lead);
     if (lead) {
-      if (c.model.has_adapter())
-        save_peft_adapter(tmp.string(), c.model.config(), c.model.adapter(), c.base_model);
-      else
-        c.model.save(tmp.string());
       write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.dump(2) + "\n");
       write_file_atomic((tmp / "recipe.yaml").string(), c.recipe_yaml);
       if (!c.tokenizer_file.empty() && !fs::exists(tmp / "tokenizer.json"))
@@ -121,12 +121,14 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
                            c.sharded_state ? p.tensor.reshape({p.tensor.numel()}) : p.tensor);
       begins[p.name] = std::to_string(p.begin);
     }
-    if (lead && !c.model.has_adapter() && needs_master(c.model))
+    if (c.saves_model && !c.model.has_adapter() && needs_master(c.model))
       for (const auto& name : c.model.params().names()) {
         const Tensor& w = c.model.params().at(name);
         tensors.emplace_back("master/" + name, c.sharded_state ? w.reshape({w.numel()}) : w);
         begins["master/" + name] = "0";
       }
+    if (c.tp_size > 1)
+      begins["tensor_parallel"] = std::to_string(c.tp_rank) + "/" + std::to_string(c.tp_size);
     if (c.sharded_state)
       write_safetensors((tmp / shard_file_name(c.group->rank(), c.group->size())).string(), tensors,
                         begins);
@@ -157,7 +159,7 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
-SavedState::SavedState(const std::string& dir) : where_(dir) {
+SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size) : where_(dir) {
   std::vector<fs::path> paths;
   if (fs::exists(fs::path(dir) / "training_state.safetensors"))
     paths.push_back(fs::path(dir) / "training_state.safetensors");
@@ -171,8 +173,17 @@ SavedState::SavedState(const std::string& dir) : where_(dir) {
     throw Error(dir, "training state", "training_state.safetensors or its per-rank pieces", "none");
   std::sort(paths.begin(), paths.end());
   for (const auto& path : paths) {
-    files_.emplace_back(path.string());
-    const SafetensorsFile& f = files_.back();
+    SafetensorsFile f(path.string());
+    std::string tp = "0/1";
+    if (auto it = f.metadata().find("tensor_parallel"); it != f.metadata().end()) tp = it->second;
+    const std::string want_size = "/" + std::to_string(tp_size);
+    if (!tp.ends_with(want_size))
+      throw Error(path.string(), "tensor_parallel",
+                  "shards of tensor_model_parallel_size " + std::to_string(tp_size) +
+                      " (resuming onto another tensor-parallel size is not built yet)",
+                  "'" + tp + "'");
+    if (tp != std::to_string(tp_rank) + want_size) continue;
+    files_.push_back(f);
     for (const auto& name : f.names()) {
       int64_t begin = 0;
       if (auto it = f.metadata().find(name); it != f.metadata().end()) {
@@ -224,12 +235,6 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base
     throw Error(dir, "base model", "the directory of the model the adapter was trained on", "none");
   Model model = Model::load(adapter ? base_model : dir);
   if (adapter) model.attach_adapter(load_peft_adapter(dir, model.config()));
-  const SavedState state(dir);
-  ParamSet& restored = adapter ? model.adapter_params() : model.params();
-  for (const auto& name : restored.names()) {
-    Tensor& w = restored.at(name);
-    state.read("master/" + name, 0, w.numel(), w);
-  }
   const std::string where = (fs::path(dir) / "trainer_state.json").string();
   nlohmann::json j;
   try {
@@ -240,8 +245,17 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base
   return {std::move(model), std::move(j)};
 }
 
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer) {
-  const SavedState state(dir);
+void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_size) {
+  const SavedState state(dir, tp_rank, tp_size);
+  ParamSet& restored = model.has_adapter() ? model.adapter_params() : model.params();
+  for (const auto& name : restored.names()) {
+    Tensor& w = restored.at(name);
+    state.read("master/" + name, 0, w.numel(), w);
+  }
+}
+
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, int tp_rank, int tp_size) {
+  const SavedState state(dir, tp_rank, tp_size);
   optimizer.load_state([&](const std::string& name, int64_t begin, int64_t full_numel,
                            Tensor& dst) { return state.read(name, begin, full_numel, dst); },
                        state.where());

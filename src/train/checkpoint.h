@@ -37,6 +37,10 @@ struct CheckpointContents {
   // state), and whether each holds only its own pieces of the optimizer state.
   Communicator* group = nullptr;
   bool sharded_state = false;
+  // Whether this rank takes part in writing the model: the first data-parallel rank's whole
+  // tensor-parallel group, which gathers the weights (rank 0 writes them).
+  bool saves_model = true;
+  int tp_rank = 0, tp_size = 1;  // pieces of a tensor-parallel shard are marked with its rank
 };
 
 // Saves step `step` and returns its directory. Under a group every rank calls it; a failure on
@@ -50,17 +54,21 @@ struct LoadedCheckpoint {
   Model model;
   nlohmann::json trainer_state;
 };
-// The model of a checkpoint directory with its master weights restored (for an adapter
-// checkpoint: `base_model` with the adapter attached and its masters restored); the optimizer
-// state is loaded separately (load_optimizer_state) once an Optimizer exists for the model.
+// The model of a checkpoint directory (for an adapter checkpoint: `base_model` with the adapter
+// attached) as its files hold it; restore_masters then puts back the fp32 values the files
+// rounded (after any tensor-parallel split), and load_optimizer_state the optimizer state once
+// an Optimizer exists for the model.
 LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base_model = "");
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer);
+void restore_masters(const std::string& dir, Model& model, int tp_rank = 0, int tp_size = 1);
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, int tp_rank = 0,
+                          int tp_size = 1);
 
 // Reads the saved optimizer state of checkpoint `dir`, whole or in pieces written by any number
-// of ranks (a resumed run may have another layout).
+// of data-parallel ranks (a resumed run may have another layout). Under tensor parallelism only
+// the pieces of shard tp_rank are read; a checkpoint of another tensor-parallel size is an Error.
 class SavedState {
  public:
-  explicit SavedState(const std::string& dir);
+  SavedState(const std::string& dir, int tp_rank = 0, int tp_size = 1);
   // The StateReader contract (train/optimizer.h); a range the pieces do not cover is an Error.
   bool read(const std::string& name, int64_t begin, int64_t full_numel, Tensor& dst) const;
   const std::string& where() const { return where_; }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "dist/tensor_parallel.h"
 #include "ops/adamw.h"
 
 namespace nh {
@@ -11,18 +12,21 @@ namespace {
 std::vector<OptimizerRange> whole_parameters(Model& model) {
   std::vector<OptimizerRange> ranges;
   for (const auto& t : model.trainable())
-    ranges.push_back({t.name, t.param, t.grad, 0, t.decay, t.param.numel()});
+    ranges.push_back(
+        {t.name, t.param, t.grad, 0, t.decay, t.param.numel(), tp_replicated(model, t.name)});
   return ranges;
 }
 
 }  // namespace
 
 Optimizer::Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision)
-    : Optimizer(whole_parameters(model), settings, full_precision) {}
+    : Optimizer(whole_parameters(model), settings, full_precision, nullptr,
+                model.tensor_parallel_group()) {}
 
 Optimizer::Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings settings,
-                     const ParamSet* full_precision, Communicator* norm_group)
-    : settings_(settings), norm_group_(norm_group) {
+                     const ParamSet* full_precision, Communicator* norm_group,
+                     Communicator* tp_group)
+    : settings_(settings), norm_group_(norm_group), tp_group_(tp_group) {
   for (auto& r : ranges) {
     const Tensor& p = r.param;
     Tensor master;
@@ -38,14 +42,21 @@ Optimizer::Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings setti
     }
     slots_.push_back({r.name, r.begin, r.full_numel ? r.full_numel : p.numel(), p, r.grad,
                       Tensor::zeros(p.shape(), moments, p.device()),
-                      Tensor::zeros(p.shape(), moments, p.device()), master, r.decay});
+                      Tensor::zeros(p.shape(), moments, p.device()), master, r.decay,
+                      r.replicated});
   }
 }
 
 StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
-  double sum = 0;
-  for (const auto& s : slots_) sum += sum_of_squares(s.grad);
-  if (norm_group_) sum = norm_group_->all_reduce(sum);
+  // Tensor-parallel shards add up over the group; replicated tensors count once.
+  double sharded = 0, whole = 0;
+  for (const auto& s : slots_) (s.replicated ? whole : sharded) += sum_of_squares(s.grad);
+  if (norm_group_) {
+    sharded = norm_group_->all_reduce(sharded);
+    whole = norm_group_->all_reduce(whole);
+  }
+  if (tp_group_) sharded = tp_group_->all_reduce(sharded);
+  const double sum = sharded + whole;
   StepResult r;
   r.grad_norm = std::sqrt(sum) * std::fabs(grad_scale);
   r.finite = std::isfinite(r.grad_norm);

@@ -34,6 +34,9 @@ struct OptimizerRange {
   int64_t begin = 0;
   bool decay = true;
   int64_t full_numel = 0;  // of the whole parameter (0: param is the whole of it)
+  // The same on every tensor-parallel rank (counted once in the gradient norm), rather than a
+  // tensor-parallel shard.
+  bool replicated = true;
 };
 
 // A piece of saved optimizer state: elements [begin, begin + tensor.numel()) of the full tensor
@@ -54,10 +57,12 @@ class Optimizer {
   // `full_precision`: the fp32 values a bf16 model was rounded from, by name (any device), to
   // start the masters from; without it they start from the model's own parameters.
   Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision = nullptr);
-  // Over ranges of parameters; the squared gradient norm is summed over `norm_group` (the ranks
-  // whose ranges together make the whole model), when given.
+  // Over ranges of parameters. The squared gradient norm is summed over `norm_group` (the
+  // data-parallel ranks whose ranges together make this rank's model), and its tensor-parallel
+  // shards' part over `tp_group`, when given.
   Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings settings,
-            const ParamSet* full_precision = nullptr, Communicator* norm_group = nullptr);
+            const ParamSet* full_precision = nullptr, Communicator* norm_group = nullptr,
+            Communicator* tp_group = nullptr);
   // Scales the gradients by grad_scale (1/tokens for the mean loss), clips their global norm
   // to clip_grad and takes AdamW step number `step` (1-based) at rate `lr`. Non-finite
   // gradients update nothing.
@@ -74,11 +79,12 @@ class Optimizer {
     int64_t begin, full_numel;
     Tensor param, grad, m, v;
     Tensor master;  // fp32 copy AdamW updates when param is bf16; undefined otherwise
-    bool decay;
+    bool decay, replicated;
   };
   OptimizerSettings settings_;
   std::vector<Slot> slots_;
   Communicator* norm_group_ = nullptr;
+  Communicator* tp_group_ = nullptr;
 };
 
 }  // namespace nh

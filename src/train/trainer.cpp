@@ -143,7 +143,11 @@ void all_reduce_loads(std::vector<std::pair<size_t, Tensor>>& loads, Communicato
 // The data-parallel size the world gives the recipe's layout; a world or batch it does not fit
 // is an Error naming the key.
 int data_parallel_size(const Recipe& r, int world) {
-  const int64_t dp = world;
+  const int64_t tp = r.tensor_model_parallel_size;
+  if (world % tp != 0)
+    throw Error("recipe", "tensor_model_parallel_size",
+                "a divisor of the world size " + std::to_string(world), std::to_string(tp));
+  const int64_t dp = world / tp;
   if (r.global_batch_size % (r.micro_batch_size * dp) != 0)
     throw Error("recipe", "global_batch_size",
                 "a multiple of micro_batch_size × data-parallel size (" +
@@ -178,6 +182,10 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   // The communicators first: on the GPU they choose this rank's device.
   const std::unique_ptr<Communicator> world = world_communicator(launch_info(), device);
   const int dp = data_parallel_size(r, world->size());
+  const int tp = int(r.tensor_model_parallel_size);
+  // Tensor-parallel ranks are neighbours (one node), as Megatron orders them.
+  const std::unique_ptr<Communicator> tp_group = world->split(world->rank() / tp, world->rank());
+  const std::unique_ptr<Communicator> dp_group = world->split(world->rank() % tp, world->rank());
   const bool lead = world->rank() == 0;
   quiet = quiet || !lead;
   fs::create_directories(r.out);
@@ -198,6 +206,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     throw Error(tok_file, "vocabulary",
                 "at most the model's vocab_size " + std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
+  if (tp > 1) model.shard_tensor_parallel(*tp_group);
+  if (!ckpt.empty()) restore_masters(ckpt, model, tp_group->rank(), tp);
   if (const auto kind = base_quantization(r)) {
     model.quantize_base(*kind, device);
     if (!quiet)
@@ -208,17 +218,17 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   model.set_recompute(recompute_kinds(r));
   ParamSet full_precision = place_model(model, device, r);
   const std::unique_ptr<DataParallel> ddp =
-      dp > 1 ? std::make_unique<DataParallel>(model, *world, r.use_distributed_optimizer,
+      dp > 1 ? std::make_unique<DataParallel>(model, *dp_group, r.use_distributed_optimizer,
                                               r.ddp_bucket_size)
              : nullptr;
   const OptimizerSettings settings{r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay,
                                    r.clip_grad};
   const ParamSet* masters_from = full_precision.names().empty() ? nullptr : &full_precision;
-  Optimizer optimizer =
-      ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from, ddp->norm_group())
-          : Optimizer(model, settings, masters_from);
+  Optimizer optimizer = ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from,
+                                        ddp->norm_group(), model.tensor_parallel_group())
+                            : Optimizer(model, settings, masters_from);
   full_precision = ParamSet();  // the masters hold these values now
-  if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer);
+  if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer, tp_group->rank(), tp);
 
   DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
   std::unique_ptr<DataStream> val_stream;
@@ -259,7 +269,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     }
     metrics->truncate_after(step);
   }
-  const double flops_per_token = model_flops_per_token(model.config(), r.seq_length);
+  const double flops_per_token = model_flops_per_token(model.full_config(), r.seq_length);
   const std::string recipe_yaml = recipe_to_yaml(r);
 
   TrainOutcome out;
@@ -271,11 +281,12 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                         {"skipped_in_a_row", skipped_in_a_row},
                         {"data", train_stream.state()}};
     if (metrics) metrics->flush();
-    out.checkpoint =
-        save_checkpoint(r.out, step,
-                        {model, optimizer, s, recipe_yaml, tok_file, r.init_from,
-                         ddp ? world.get() : nullptr, ddp && ddp->distributed_optimizer()},
-                        r.keep_last);
+    out.checkpoint = save_checkpoint(
+        r.out, step,
+        {model, optimizer, s, recipe_yaml, tok_file, r.init_from,
+         world->size() > 1 ? world.get() : nullptr, tp > 1 || (ddp && ddp->distributed_optimizer()),
+         dp_group->rank() == 0, tp_group->rank(), tp},
+        r.keep_last);
   };
 
   StopSignals signals;
@@ -293,7 +304,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       // so the step sees the same data at any data-parallel size.
       MicroBatch b = train_stream.next_batch(r.micro_batch_size);
       step_tokens += b.ids.numel();
-      if (micro % dp != world->rank()) continue;
+      if (micro % dp != dp_group->rank()) continue;
       if (ddp) ddp->set_last_micro_batch(micro + dp >= accum);
       model.set_lora_dropout(true, r.seed ^ (uint64_t(step) << 20) ^ uint64_t(micro));
       Tensor none;
@@ -310,9 +321,9 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     }
     if (ddp) {
       ddp->finish_gradient_reduction();
-      loss_sum = world->all_reduce(loss_sum);
-      loss_count = int64_t(world->all_reduce(double(loss_count)));
-      all_reduce_loads(loads, *world);
+      loss_sum = dp_group->all_reduce(loss_sum);
+      loss_count = int64_t(dp_group->all_reduce(double(loss_count)));
+      all_reduce_loads(loads, *dp_group);
     }
     const double loss = loss_count ? loss_sum / double(loss_count) : NAN;
     const double lr = schedule.at(step);
@@ -374,11 +385,12 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     if (val_stream && step % r.eval_interval == 0) {
       val_stream->restore(val_start);
       const double val_loss =
-          mean_loss(model, *val_stream, r, r.eval_iters, ddp ? world.get() : nullptr);
+          mean_loss(model, *val_stream, r, r.eval_iters, ddp ? dp_group.get() : nullptr);
       if (metrics) metrics->log_validation(step, val_loss);
     }
     // A signal to any rank stops them all at the same step.
-    const bool stop = ddp ? world->all_reduce(signals.requested() ? 1.0 : 0.0, ReduceOp::Max) > 0
+    const bool stop = world->size() > 1
+                          ? world->all_reduce(signals.requested() ? 1.0 : 0.0, ReduceOp::Max) > 0
                           : signals.requested();
     if (stop) {
       save();
@@ -393,7 +405,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   out.tokens_per_s = wall > 0 ? double(run_tokens) / wall : 0;
 
-  if (!r.sample_prompt.empty() && !quiet && !out.interrupted) {
+  // Generation runs on a whole model (tensor-parallel shards would need the others).
+  if (!r.sample_prompt.empty() && !quiet && !out.interrupted && tp == 1) {
     GenerationRequest q;
     q.prompt = tokenizer.encode(r.sample_prompt, false);
     q.sampling.temperature = 0;

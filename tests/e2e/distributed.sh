@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `nemotronh train` on CPU ranks under mpiexec, against one process on the same recipe:
-#   - data parallel over 2 ranks, plain and with the distributed optimizer, logs the losses of
-#     the single process;
+#   - data parallel over 2 ranks, plain and with the distributed optimizer, tensor parallel over
+#     2, and both over 4 ranks, log the losses of the single process;
 #   - a checkpoint of 2 ranks with the distributed optimizer resumes in one process, and one of
 #     a single process resumes on 4 ranks with the distributed optimizer, each continuing the
 #     single process's losses;
+#   - a tensor-parallel checkpoint resumes at its own tensor-parallel size, and another size is
+#     a clear error;
 #   - a world the recipe's batch does not divide, and layouts not built, stop before any work.
 # Losses are compared at 1e-5 relative: the ranks add the same gradients in another order.
 set -euo pipefail
@@ -54,6 +56,21 @@ train 2 "$tmp/zero2" --set use_distributed_optimizer=true --set ddp_bucket_size=
 same_losses "$tmp/zero2" "$tmp/one"
 ls "$tmp/zero2/checkpoints/step-00000003/training_state-00001-of-00002.safetensors" >/dev/null
 
+train 2 "$tmp/tp2" --set tensor_model_parallel_size=2
+same_losses "$tmp/tp2" "$tmp/one"
+train 4 "$tmp/tp2-zero2" --set tensor_model_parallel_size=2 --set use_distributed_optimizer=true
+same_losses "$tmp/tp2-zero2" "$tmp/one"
+from_step3 "$tmp/tp2-zero2" "$tmp/tp2-zero2-again"
+train 4 "$tmp/tp2-zero2-again" --resume --set tensor_model_parallel_size=2 \
+  --set use_distributed_optimizer=true
+same_losses "$tmp/tp2-zero2-again" "$tmp/one"
+from_step3 "$tmp/tp2" "$tmp/tp2-on-1"
+if train 1 "$tmp/tp2-on-1" --resume; then
+  echo "a tensor-parallel checkpoint resumed at another tensor-parallel size"
+  exit 1
+fi
+grep -q "tensor_parallel" "$tmp/tp2-on-1.log" || { cat "$tmp/tp2-on-1.log"; exit 1; }
+
 from_step3 "$tmp/zero2" "$tmp/zero2-on-1"
 train 1 "$tmp/zero2-on-1" --resume
 same_losses "$tmp/zero2-on-1" "$tmp/one"
@@ -75,6 +92,7 @@ expect_error() {  # expect_error KEY RANKS ARGS...
   rm -rf "$tmp/bad" "$tmp/bad.log"
 }
 expect_error global_batch_size 3
-expect_error tensor_model_parallel_size 1 --set tensor_model_parallel_size=2
+expect_error tensor_model_parallel_size 2 --set tensor_model_parallel_size=3
+expect_error sequence_parallel 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true
 expect_error expert_model_parallel_size 1 --set expert_model_parallel_size=2
 echo "distributed: all checks passed"
