@@ -234,9 +234,27 @@ TEST_F(RecipeFile, UnknownKeySuggestsTheClosestKnownKey) {
   expect_names(error_of("max_steps: 10\nlr_warmup_iter: 8\n"), {"did you mean lr_warmup_iters?"});
   expect_names(error_of("max_steps: 10\ndata: [{path: a, wieght: 2}]\n"),
                {"data.0.wieght", "did you mean weight?"});
-  const std::string far = error_of("max_steps: 10\ntensor_model_parallel_size: 2\n");
-  expect_names(far, {"tensor_model_parallel_size", "unknown"});
+  const std::string far = error_of("max_steps: 10\nfsdp_offload_params: true\n");
+  expect_names(far, {"fsdp_offload_params", "unknown"});
   EXPECT_EQ(far.find("did you mean"), std::string::npos) << far;
+}
+
+TEST_F(RecipeFile, ParallelLayoutKeysKeepMegatronNamesAndRejectWhatIsNotBuilt) {
+  const Recipe r = load_recipe(write("max_steps: 10\ntensor_model_parallel_size: 2\n"
+                                     "use_distributed_optimizer: true\nddp_bucket_size: 1000\n"),
+                               {});
+  EXPECT_EQ(r.tensor_model_parallel_size, 2);
+  EXPECT_TRUE(r.use_distributed_optimizer);
+  EXPECT_EQ(r.ddp_bucket_size, 1000);
+  expect_names(error_of("max_steps: 10\nexpert_model_parallel_size: 2\n"),
+               {"r.yaml", "expert_model_parallel_size", "not built yet"});
+  expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 2\nsequence_parallel: true\n"),
+               {"sequence_parallel", "not built yet"});
+  expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 0\n"),
+               {"tensor_model_parallel_size"});
+  expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 2\nadapter: lora\n"
+                        "init_from: somewhere\n"),
+               {"tensor_model_parallel_size", "adapter"});
 }
 
 TEST_F(RecipeFile, YamlSyntaxErrorNamesFileAndLine) {
