@@ -2,12 +2,14 @@
 # Data parallelism on the GPUs of one machine through NCCL, one process per GPU started with
 # torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
 #   bash scripts/gpu_distributed.sh [BUNDLE] [OUT]     (BUNDLE from scripts/gpu_bundle.sh)
-# 1. Agreement: the first run's model in bf16 on 1 GPU and on 2 GPUs (plain, and with the
-#    distributed optimizer) at the same global batch; OUT/agreement.txt lists the losses.
+# 1. Agreement: the first run's model in bf16 on 1 GPU and on 2 GPUs (data parallel, plain and
+#    with the distributed optimizer, and tensor parallel) at the same global batch;
+#    OUT/agreement.txt lists the losses.
 # 2. Throughput: the 8B-width slice M-M-M-M*- at T = 8192 with two micro-batches of one sequence
-#    per GPU and step, on 1 GPU and on 2 (plain and distributed optimizer); OUT/throughput.txt
-#    gives tokens/s per GPU (median over the steps after the first two), the scaling efficiency
-#    against 1 GPU and the peak memory per GPU.
+#    per GPU and step, on 1 GPU and on 2 (data parallel, plain and distributed optimizer); and
+#    tensor parallel over 2 GPUs with two micro-batches per step. OUT/throughput.txt gives
+#    tokens/s per GPU (median over the steps after the first two), the scaling efficiency against
+#    1 GPU and the peak memory per GPU.
 set -euo pipefail
 bundle=${1:-gpu-bundle}
 out=${2:-dist-results}
@@ -35,13 +37,14 @@ tiny=(--set device=cuda --set precision=bf16 --set max_steps=20 --set warmup_ste
 launch 1 "$out/tiny-1gpu" "${tiny[@]}"
 launch 2 "$out/tiny-2gpu" "${tiny[@]}"
 launch 2 "$out/tiny-2gpu-zero" "${tiny[@]}" --set use_distributed_optimizer=true
+launch 2 "$out/tiny-2gpu-tp2" "${tiny[@]}" --set tensor_model_parallel_size=2
 python3 - "$out" <<'PY' | tee "$out/agreement.txt"
 import json, sys
 out = sys.argv[1]
 def losses(run):
     return [j["loss"] for j in map(json.loads, open(f"{out}/{run}/metrics.jsonl")) if "loss" in j]
 ref = losses("tiny-1gpu")
-for run in ("tiny-2gpu", "tiny-2gpu-zero"):
+for run in ("tiny-2gpu", "tiny-2gpu-zero", "tiny-2gpu-tp2"):
     got = losses(run)
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
     print(f"{run}: {len(got)} steps, worst relative loss difference to 1 GPU {worst:.2e}")
@@ -61,6 +64,9 @@ rm -rf "$out/slice-2gpu/checkpoints"
 launch 2 "$out/slice-2gpu-zero" "${slice[@]}" --set global_batch_size=4 \
   --set use_distributed_optimizer=true
 rm -rf "$out/slice-2gpu-zero/checkpoints"
+launch 2 "$out/slice-2gpu-tp2" "${slice[@]}" --set global_batch_size=2 \
+  --set tensor_model_parallel_size=2
+rm -rf "$out/slice-2gpu-tp2/checkpoints"
 python3 - "$out" <<'PY' | tee "$out/throughput.txt"
 import json, statistics, sys
 out = sys.argv[1]
@@ -71,7 +77,7 @@ def run(name, gpus):
     return tps / gpus, mem, statistics.median(j["seconds"] for j in steps[2:])
 base, base_mem, base_s = run("slice-1gpu", 1)
 print(f"slice-1gpu: {base:.0f} tokens/s per GPU, {base_s * 1e3:.0f} ms/step, peak {base_mem:.1f} GiB")
-for name in ("slice-2gpu", "slice-2gpu-zero"):
+for name in ("slice-2gpu", "slice-2gpu-zero", "slice-2gpu-tp2"):
     per_gpu, mem, s = run(name, 2)
     print(f"{name}: {per_gpu:.0f} tokens/s per GPU, {s * 1e3:.0f} ms/step, "
           f"scaling efficiency {per_gpu / base:.1%}, peak {mem:.1f} GiB (rank 0)")
