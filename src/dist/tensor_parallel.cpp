@@ -103,17 +103,22 @@ ModelConfig tp_local_config(const ModelConfig& c, int ranks) {
   return local;
 }
 
-Tensor tp_shard(const Tensor& full, const TpSplit& split, int rank, int ranks) {
+Shape tp_shard_shape(const Shape& full, const TpSplit& split, int ranks) {
   if (split.kind == TpSplit::Whole) return full;
-  if (split.kind == TpSplit::Columns) {
-    const int64_t rows = full.size(0), cols = full.size(1) / ranks;
-    Tensor out = Tensor::empty(with_dim(full.shape(), 1, cols), full.dtype());
-    copy_block(full, full.size(1), 0, cols * rank, out, cols, 0, 0, rows, cols);
-    return out;
-  }
+  if (split.kind == TpSplit::Columns) return with_dim(full, 1, full.at(1) / ranks);
   int64_t local_rows = 0;
   for (int64_t b : split.row_blocks) local_rows += b / ranks;
-  Tensor out = Tensor::empty(with_dim(full.shape(), 0, local_rows), full.dtype());
+  return with_dim(full, 0, local_rows);
+}
+
+Tensor tp_shard(const Tensor& full, const TpSplit& split, int rank, int ranks) {
+  if (split.kind == TpSplit::Whole) return full;
+  Tensor out = Tensor::empty(tp_shard_shape(full.shape(), split, ranks), full.dtype());
+  if (split.kind == TpSplit::Columns) {
+    const int64_t cols = out.size(1);
+    copy_block(full, full.size(1), 0, cols * rank, out, cols, 0, 0, full.size(0), cols);
+    return out;
+  }
   const int64_t width = row_length(full);
   int64_t src = 0, dst = 0;
   for (int64_t b : split.row_blocks) {

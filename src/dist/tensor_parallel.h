@@ -35,6 +35,8 @@ TpSplit tp_split(const ModelConfig& config, const std::string& name);
 // model that does not divide is an Error naming tensor_model_parallel_size and the field.
 ModelConfig tp_local_config(const ModelConfig& config, int ranks);
 
+// The shape of each rank's shard of a tensor of shape `full`.
+Shape tp_shard_shape(const Shape& full, const TpSplit& split, int ranks);
 // Rank `rank`'s shard of the whole tensor `full`, and the whole tensor from every rank's shards
 // (shards[r] of rank r), both on the CPU.
 Tensor tp_shard(const Tensor& full, const TpSplit& split, int rank, int ranks);

@@ -8,9 +8,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "dist/tensor_parallel.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/text_file.h"
+#include "model/params.h"
 #include "model/peft_adapter.h"
 
 namespace nh {
@@ -159,7 +161,8 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
-SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size) : where_(dir) {
+SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size, const ModelConfig* config)
+    : where_(dir), tp_rank_(tp_rank), tp_size_(tp_size), config_(config) {
   std::vector<fs::path> paths;
   if (fs::exists(fs::path(dir) / "training_state.safetensors"))
     paths.push_back(fs::path(dir) / "training_state.safetensors");
@@ -173,17 +176,18 @@ SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size) : where
     throw Error(dir, "training state", "training_state.safetensors or its per-rank pieces", "none");
   std::sort(paths.begin(), paths.end());
   for (const auto& path : paths) {
-    SafetensorsFile f(path.string());
-    std::string tp = "0/1";
-    if (auto it = f.metadata().find("tensor_parallel"); it != f.metadata().end()) tp = it->second;
-    const std::string want_size = "/" + std::to_string(tp_size);
-    if (!tp.ends_with(want_size))
-      throw Error(path.string(), "tensor_parallel",
-                  "shards of tensor_model_parallel_size " + std::to_string(tp_size) +
-                      " (resuming onto another tensor-parallel size is not built yet)",
-                  "'" + tp + "'");
-    if (tp != std::to_string(tp_rank) + want_size) continue;
-    files_.push_back(f);
+    files_.emplace_back(path.string());
+    const SafetensorsFile& f = files_.back();
+    int shard = 0, shards = 1;
+    if (auto it = f.metadata().find("tensor_parallel"); it != f.metadata().end())
+      if (std::sscanf(it->second.c_str(), "%d/%d", &shard, &shards) != 2 || shards < 1 ||
+          shard < 0 || shard >= shards)
+        throw Error(path.string(), "metadata tensor_parallel", "RANK/SIZE", "'" + it->second + "'");
+    if (saved_tp_size_ != 0 && shards != saved_tp_size_)
+      throw Error(path.string(), "metadata tensor_parallel",
+                  "the size the other files have, " + std::to_string(saved_tp_size_),
+                  std::to_string(shards));
+    saved_tp_size_ = shards;
     for (const auto& name : f.names()) {
       int64_t begin = 0;
       if (auto it = f.metadata().find(name); it != f.metadata().end()) {
@@ -197,14 +201,44 @@ SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size) : where
           throw Error(path.string(), "metadata " + name, "the piece's first element index",
                       "'" + it->second + "'");
       }
-      pieces_[name].push_back({files_.size() - 1, begin});
+      pieces_[{shard, name}].push_back({files_.size() - 1, begin});
     }
   }
 }
 
 bool SavedState::read(const std::string& name, int64_t begin, int64_t full_numel,
                       Tensor& dst) const {
-  auto it = pieces_.find(name);
+  if (saved_tp_size_ == tp_size_) return read_shard(tp_rank_, name, begin, full_numel, dst);
+  if (!pieces_.count({0, name})) return false;
+  if (!config_)
+    throw Error(where_, "tensor_parallel", "shards of size " + std::to_string(tp_size_),
+                "shards of size " + std::to_string(saved_tp_size_));
+  // Another split: the whole tensor from every saved shard, then this rank's shard of it.
+  const std::string param = name.substr(name.find('/') + 1);
+  Shape whole_shape;
+  for (const auto& spec : param_specs(*config_, config_->tie_word_embeddings))
+    if (spec.name == param) whole_shape = spec.shape;
+  if (whole_shape.empty()) throw Error(where_, name, "a tensor of the model", "none");
+  const TpSplit split = tp_split(*config_, param);
+  std::vector<Tensor> shards;
+  for (int r = 0; r < (split.kind == TpSplit::Whole ? 1 : saved_tp_size_); ++r) {
+    Tensor t = Tensor::empty(tp_shard_shape(whole_shape, split, saved_tp_size_), DType::F32);
+    if (!read_shard(r, name, 0, t.numel(), t))
+      throw Error(where_, name, "pieces of shard " + std::to_string(r), "none");
+    shards.push_back(t);
+  }
+  const Tensor mine = tp_shard(tp_unshard(shards, split), split, tp_rank_, tp_size_);
+  if (mine.numel() != full_numel)
+    throw Error(where_, name, std::to_string(full_numel) + " elements in this rank's shard",
+                std::to_string(mine.numel()));
+  dst.reshape({dst.numel()})
+      .copy_from(mine.reshape({mine.numel()}).slice0(begin, begin + dst.numel()));
+  return true;
+}
+
+bool SavedState::read_shard(int shard, const std::string& name, int64_t begin, int64_t full_numel,
+                            Tensor& dst) const {
+  auto it = pieces_.find({shard, name});
   if (it == pieces_.end()) return false;
   const int64_t n = dst.numel(), end = begin + n;
   Tensor flat = dst.reshape({n});
@@ -246,7 +280,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base
 }
 
 void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_size) {
-  const SavedState state(dir, tp_rank, tp_size);
+  const SavedState state(dir, tp_rank, tp_size, &model.full_config());
   ParamSet& restored = model.has_adapter() ? model.adapter_params() : model.params();
   for (const auto& name : restored.names()) {
     Tensor& w = restored.at(name);
@@ -254,8 +288,9 @@ void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_s
   }
 }
 
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer, int tp_rank, int tp_size) {
-  const SavedState state(dir, tp_rank, tp_size);
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const ModelConfig& config,
+                          int tp_rank, int tp_size) {
+  const SavedState state(dir, tp_rank, tp_size, &config);
   optimizer.load_state([&](const std::string& name, int64_t begin, int64_t full_numel,
                            Tensor& dst) { return state.read(name, begin, full_numel, dst); },
                        state.where());

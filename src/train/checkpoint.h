@@ -60,15 +60,18 @@ struct LoadedCheckpoint {
 // an Optimizer exists for the model.
 LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base_model = "");
 void restore_masters(const std::string& dir, Model& model, int tp_rank = 0, int tp_size = 1);
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer, int tp_rank = 0,
-                          int tp_size = 1);
+// `config`: the whole model's (model.full_config()).
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const ModelConfig& config,
+                          int tp_rank = 0, int tp_size = 1);
 
-// Reads the saved optimizer state of checkpoint `dir`, whole or in pieces written by any number
-// of data-parallel ranks (a resumed run may have another layout). Under tensor parallelism only
-// the pieces of shard tp_rank are read; a checkpoint of another tensor-parallel size is an Error.
+// Reads the saved optimizer state of checkpoint `dir`, whole or in pieces written by any layout
+// (a resumed run may have another one). A tensor-parallel rank reads its shard: the saved
+// shard itself when the tensor-parallel size is the same, else its part of the whole tensor put
+// together from every saved shard, which needs the whole model's `config`.
 class SavedState {
  public:
-  SavedState(const std::string& dir, int tp_rank = 0, int tp_size = 1);
+  SavedState(const std::string& dir, int tp_rank = 0, int tp_size = 1,
+             const ModelConfig* config = nullptr);
   // The StateReader contract (train/optimizer.h); a range the pieces do not cover is an Error.
   bool read(const std::string& name, int64_t begin, int64_t full_numel, Tensor& dst) const;
   const std::string& where() const { return where_; }
@@ -78,9 +81,14 @@ class SavedState {
     size_t file;
     int64_t begin;
   };
+  // read() from the pieces of saved tensor-parallel shard `shard`.
+  bool read_shard(int shard, const std::string& name, int64_t begin, int64_t full_numel,
+                  Tensor& dst) const;
   std::string where_;
+  int tp_rank_, tp_size_, saved_tp_size_ = 0;
+  const ModelConfig* config_;
   std::vector<SafetensorsFile> files_;
-  std::map<std::string, std::vector<Piece>> pieces_;
+  std::map<std::pair<int, std::string>, std::vector<Piece>> pieces_;  // by (shard, name)
 };
 
 }  // namespace nh

@@ -228,7 +228,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                                         ddp->norm_group(), model.tensor_parallel_group())
                             : Optimizer(model, settings, masters_from);
   full_precision = ParamSet();  // the masters hold these values now
-  if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer, tp_group->rank(), tp);
+  if (!ckpt.empty())
+    load_optimizer_state(ckpt, optimizer, model.full_config(), tp_group->rank(), tp);
 
   DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
   std::unique_ptr<DataStream> val_stream;
