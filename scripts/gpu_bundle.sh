@@ -12,10 +12,10 @@ out=${2:-gpu-bundle}
 rm -rf "$out"
 mkdir -p "$out/lib" "$out/tests"
 cp "$build/nemotronh" "$out/"
-cp "$build/tests/nemotronh-test-ops" "$out/tests/"
+cp "$build/tests/nemotronh-test-ops" "$build/tests/nemotronh-test-nccl" "$out/tests/"
 cp "$build/bench/nemotronh-bench" "$build/bench/nemotronh-bench-step" \
   "$build/bench/nemotronh-bench-generate" "$build/bench/nemotronh-bench-gemv" "$out/"
-for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops" "$out/nemotronh-bench" "$out/nemotronh-bench-step" \
+for bin in "$out/nemotronh" "$out/tests/nemotronh-test-ops" "$out/tests/nemotronh-test-nccl" "$out/nemotronh-bench" "$out/nemotronh-bench-step" \
   "$out/nemotronh-bench-generate" "$out/nemotronh-bench-gemv"; do
   strip "$bin"
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do

@@ -2,6 +2,7 @@
 # Data parallelism on the GPUs of one machine through NCCL, one process per GPU started with
 # torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
 #   bash scripts/gpu_distributed.sh [BUNDLE] [OUT]     (BUNDLE from scripts/gpu_bundle.sh)
+# 0. The communicator tests through NCCL (tests/mpi/communicator_test.cpp as nemotronh-test-nccl).
 # 1. Agreement: the first run's model in bf16 on 1 GPU and on 2 GPUs (data parallel, plain and
 #    with the distributed optimizer, and tensor parallel) at the same global batch;
 #    OUT/agreement.txt lists the losses.
@@ -17,19 +18,29 @@ mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off
 port=29611
 
-# launch GPUS RUN_DIR ARGS...: `nemotronh train` once per GPU; fails when any rank fails.
-launch() {
-  local n=$1 dir=$2 pids=() rc=0
+# per_gpu GPUS LOG PROGRAM ARGS...: one process per GPU; fails when any rank fails.
+per_gpu() {
+  local n=$1 log=$2 pids=() rc=0
   shift 2
   port=$((port + 2))
   for ((r = 0; r < n; r++)); do
     RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-      "$bundle/run.sh" nemotronh train --out "$dir" "$@" 2>"$dir.rank$r.log" &
+      "$bundle/run.sh" "$@" >"$log.rank$r.out" 2>"$log.rank$r.log" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || rc=$?; done
-  [ "$rc" = 0 ] || { tail -5 "$dir".rank*.log; return "$rc"; }
+  [ "$rc" = 0 ] || { tail -5 "$log".rank*.log "$log".rank*.out; return "$rc"; }
 }
+
+# launch GPUS RUN_DIR ARGS...: `nemotronh train` once per GPU.
+launch() {
+  local n=$1 dir=$2
+  shift 2
+  per_gpu "$n" "$dir" nemotronh train --out "$dir" "$@"
+}
+
+per_gpu 2 "$out/nccl-test" tests/nemotronh-test-nccl
+grep -h "PASSED\|FAILED" "$out"/nccl-test.rank*.out | tee "$out/nccl-test.txt"
 
 tiny=(--set device=cuda --set precision=bf16 --set max_steps=20 --set warmup_steps=2
   --set global_batch_size=8 --set micro_batch_size=2 --set eval_interval=0 --set log_interval=1
