@@ -47,10 +47,6 @@ void remove_old(const fs::path& dir, int64_t keep_last) {
     fs::remove_all(steps[i]);
 }
 
-}  // namespace
-
-namespace {
-
 std::string shard_file_name(int rank, int ranks) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "training_state-%05d-of-%05d.safetensors", rank, ranks);
