@@ -24,10 +24,12 @@
 //   h [T, Din]; up [E, I, Din]; down [E, Din, I]; topk_idx I64 [T, k]; topk_w [T, k];
 //   out [T, Din] overwritten. The (token, slot) pairs are grouped by expert, in token order
 //   within an expert, and each expert runs two GEMMs over its rows, so results do not depend on
-//   thread count. `cache` is (re)allocated by the forward and holds what the backward needs.
-//   backward: dout [T, Din] -> dh [T, Din] overwritten, dup [E, I, Din] +=, ddown [E, Din, I] +=
-//   (each skipped when undefined: a frozen base), dtopk_w [T, k] overwritten. topk_w and dtopk_w are in h's dtype, or F32 with bf16 h on the
-//   GPU (the fp32 router of a bf16 model).
+//   thread count. An id of -1 marks an expert held by another rank (expert parallelism): the
+//   pair adds nothing here, its dtopk_w is 0, and its rows sort after every expert's. `cache` is
+//   (re)allocated by the forward and holds what the backward needs. backward: dout [T, Din] -> dh
+//   [T, Din] overwritten, dup [E, I, Din] +=, ddown [E, Din, I] += (each skipped when undefined: a
+//   frozen base), dtopk_w [T, k] overwritten. topk_w and dtopk_w are in h's dtype, or F32 with bf16
+//   h on the GPU (the fp32 router of a bf16 model).
 //
 // Expert load: load I64 [E] (overwritten) = the number of (token, slot) pairs routed to each
 // expert; E is load.size(0).

@@ -286,14 +286,18 @@ ExpertsInputs random_experts(int64_t n_tokens, int64_t dim, int64_t inter, int64
 // Forward and backward on the GPU in `dtype` against the CPU in fp32: outputs, the cache's
 // permutation (exactly) and pre-activations, and the gradients, dup and ddown accumulating onto
 // nonzero values, dh and dtopk_w overwriting garbage.
+// With `elsewhere`, every third (token, slot) entry is marked -1: an expert on another rank.
 void expect_experts_match_cpu(int64_t n_tokens, int64_t dim, int64_t inter, int64_t n_experts,
-                              int64_t k, uint64_t seed, DType dtype) {
+                              int64_t k, uint64_t seed, DType dtype, bool elsewhere = false) {
   const std::string what = "experts T " + std::to_string(n_tokens) + " Din " + std::to_string(dim) +
                            " I " + std::to_string(inter) + " E " + std::to_string(n_experts) +
-                           " k " + std::to_string(k) + dtype_label(dtype);
+                           " k " + std::to_string(k) + dtype_label(dtype) +
+                           (elsewhere ? " some elsewhere" : "");
   SCOPED_TRACE(what);
   const double tol = tolerance(dtype);
-  const ExpertsInputs in = random_experts(n_tokens, dim, inter, n_experts, k, seed);
+  ExpertsInputs in = random_experts(n_tokens, dim, inter, n_experts, k, seed);
+  if (elsewhere)
+    for (int64_t i = 0; i < in.idx.numel(); i += 3) in.idx.data<int64_t>()[i] = -1;
   const Tensor dup0 = random_cpu(in.up.shape(), seed + 6, 0.3);
   const Tensor ddown0 = random_cpu(in.down.shape(), seed + 7, 0.3);
 
@@ -340,6 +344,15 @@ TEST(MoeExpertsCuda, ForwardAndBackwardMatchCpuWithUnusedExperts) {
     expect_experts_match_cpu(130, 72, 40, 16, 6, 120, dtype);
     expect_experts_match_cpu(67, 33, 17, 64, 6, 130, dtype);
     expect_experts_match_cpu(200, 128, 192, 128, 4, 140, dtype);
+  }
+}
+
+TEST(MoeExpertsCuda, EntriesOfAnotherRanksExpertsAreSkippedAsOnTheCpu) {
+  for (const DType dtype : {DType::F32, DType::BF16}) {
+    expect_experts_match_cpu(37, 64, 96, 8, 2, 180, dtype, true);
+    expect_experts_match_cpu(130, 72, 40, 16, 6, 190, dtype, true);
+    // 16 experts: the sort's bit count must keep -1 apart from expert 15.
+    expect_experts_match_cpu(64, 32, 48, 16, 4, 195, dtype, true);
   }
 }
 
@@ -408,7 +421,7 @@ TEST(MoeExpertsCuda, ForwardRejectsExpertIdOutOfRange) {
   const Tensor h = to_gpu(in.h), up = to_gpu(in.up), down = to_gpu(in.down), w = to_gpu(in.w);
   Tensor out = gpu_empty(in.h.shape(), DType::F32);
   MoeExpertsCache cache;
-  for (const int64_t bad : {int64_t(4), int64_t(-1)}) {
+  for (const int64_t bad : {int64_t(4), int64_t(-2)}) {
     Tensor idx = in.idx.clone();
     idx.data<int64_t>()[5] = bad;
     EXPECT_THROW(cuda::moe_experts_forward(h, up, down, to_gpu(idx), w, out, cache, {}), Error)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "support/expect.h"
 #include "support/gradcheck.h"
 
 namespace nh {
@@ -381,13 +382,47 @@ TEST(MoeExperts, GradientsMatchFiniteDifferences) {
   expect_grad_close("topk_w", in.w, dtopk_w, loss);
 }
 
+// Expert parallelism marks the entries of experts on other ranks -1: they must act exactly as if
+// their routing weight were 0, and get a routing-weight gradient of 0.
+TEST(MoeExperts, EntriesOfAnotherRanksExpertsAreSkipped) {
+  const ExpertsInputs in = random_experts(9, 5, 6, 5, 3, 250);
+  ExpertsInputs elsewhere = in, zero_weight = in;
+  elsewhere.idx = in.idx.clone();
+  zero_weight.w = in.w.clone();
+  for (int64_t i : {0, 4, 5, 11, 26}) {
+    elsewhere.idx.data<int64_t>()[i] = -1;
+    zero_weight.w.data<double>()[i] = 0;
+  }
+  MoeExpertsCache c1, c2;
+  const Tensor out1 = run_experts(elsewhere, c1), out2 = run_experts(zero_weight, c2);
+  test::expect_near_all(out1, out2, 1e-12, "out");
+  EXPECT_EQ(c1.expert_offsets.data<int64_t>()[5], 27 - 5);  // computed rows
+  const Tensor dout = random_tensor(in.h.shape(), 251);
+  Tensor dh1 = random_tensor(in.h.shape(), 252), dh2 = dh1.clone();
+  Tensor dw1 = random_tensor(in.w.shape(), 253), dw2 = dw1.clone();
+  Tensor dup1 = random_tensor(in.up.shape(), 254), dup2 = dup1.clone();
+  Tensor ddown1 = random_tensor(in.down.shape(), 255), ddown2 = ddown1.clone();
+  moe_experts_backward(elsewhere.h, elsewhere.up, elsewhere.down, elsewhere.idx, elsewhere.w, c1,
+                       dout, dh1, dup1, ddown1, dw1);
+  moe_experts_backward(zero_weight.h, zero_weight.up, zero_weight.down, zero_weight.idx,
+                       zero_weight.w, c2, dout, dh2, dup2, ddown2, dw2);
+  test::expect_near_all(dh1, dh2, 1e-12, "dh");
+  test::expect_near_all(dup1, dup2, 1e-12, "dup");
+  test::expect_near_all(ddown1, ddown2, 1e-12, "ddown");
+  for (int64_t i = 0; i < dw1.numel(); ++i)
+    EXPECT_NEAR(dw1.data<double>()[i],
+                elsewhere.idx.data<int64_t>()[i] < 0 ? 0.0 : dw2.data<double>()[i], 1e-12)
+        << i;
+}
+
 TEST(MoeExperts, RejectsExpertIdOutOfRange) {
   ExpertsInputs in = random_experts(4, 3, 5, 4, 2, 240);
   MoeExpertsCache cache;
   in.idx.data<int64_t>()[5] = 4;
   EXPECT_THROW(run_experts(in, cache), Error);
-  in.idx.data<int64_t>()[5] = -1;
+  in.idx.data<int64_t>()[5] = -2;
   EXPECT_THROW(run_experts(in, cache), Error);
+  in.idx.data<int64_t>()[5] = -1;
   Tensor load = Tensor::empty({4}, DType::I64);
   EXPECT_THROW(moe_expert_load(in.idx, load), Error);
 }
@@ -462,7 +497,8 @@ TEST_P(MoeExpertsLoraPairs, GradientsOfAFrozenBaseMatchFiniteDifferences) {
   Tensor out = Tensor::empty(b.h.shape(), DType::F64);
   MoeExpertsCache cache;
   moe_experts_forward(b.h, b.up, b.down, b.idx, b.w, out, cache, in.lora);
-  Tensor dh = Tensor::empty(b.h.shape(), DType::F64), dtopk_w = Tensor::empty(b.w.shape(), DType::F64);
+  Tensor dh = Tensor::empty(b.h.shape(), DType::F64),
+         dtopk_w = Tensor::empty(b.w.shape(), DType::F64);
   Tensor frozen;  // no gradient for the base experts
   moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, weights, dh, frozen, frozen, dtopk_w,
                        in.lora);
@@ -477,7 +513,8 @@ TEST_P(MoeExpertsLoraPairs, GradientsOfAFrozenBaseMatchFiniteDifferences) {
     expect_grad_close("down_b", in.lora.down_b, in.lora.ddown_b, loss);
   }
   // With the base's gradients requested too, they are those of the merged weights.
-  Tensor dup = Tensor::zeros(b.up.shape(), DType::F64), ddown = Tensor::zeros(b.down.shape(), DType::F64);
+  Tensor dup = Tensor::zeros(b.up.shape(), DType::F64),
+         ddown = Tensor::zeros(b.down.shape(), DType::F64);
   moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, weights, dh, dup, ddown, dtopk_w,
                        in.lora);
   expect_grad_close("up", b.up, dup, loss);
@@ -504,9 +541,9 @@ TEST(MoeExpertsLora, RejectsMisshapenPairsAndMissingGradients) {
   bad.dup_a = Tensor();
   Tensor dh = Tensor::empty(b.h.shape(), DType::F64), dtw = Tensor::empty(b.w.shape(), DType::F64),
          none;
-  EXPECT_THROW(moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, out, dh, none, none, dtw,
-                                    bad),
-               Error);
+  EXPECT_THROW(
+      moe_experts_backward(b.h, b.up, b.down, b.idx, b.w, cache, out, dh, none, none, dtw, bad),
+      Error);
 }
 
 TEST(MoeLoad, CountsRoutedPairsPerExpert) {

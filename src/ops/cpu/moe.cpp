@@ -180,21 +180,23 @@ ExpertsShape check_experts(const Tensor& h, const Tensor& up, const Tensor& down
   return s;
 }
 
-// Groups the topk entries by expert (counting sort, stable so tokens stay in order).
+// Groups the topk entries by expert (counting sort, stable so tokens stay in order); entries of
+// expert -1 (another rank's) come last, after offsets[E], and are not computed.
 void build_permutation(const int64_t* topk_idx, int64_t n_entries, int64_t n_experts,
                        int64_t* offsets, int64_t* row_source, int64_t* row_of) {
   std::fill(offsets, offsets + n_experts + 1, int64_t(0));
   for (int64_t i = 0; i < n_entries; ++i) {
     const int64_t e = topk_idx[i];
-    if (e < 0 || e >= n_experts)
-      throw Error("moe topk_idx", "expert id", "in [0, " + std::to_string(n_experts) + ")",
-                  std::to_string(e));
-    ++offsets[e + 1];
+    if (e < -1 || e >= n_experts)
+      throw Error("moe topk_idx", "expert id",
+                  "in [0, " + std::to_string(n_experts) + ") or -1 (not here)", std::to_string(e));
+    if (e >= 0) ++offsets[e + 1];
   }
   std::partial_sum(offsets, offsets + n_experts + 1, offsets);
-  std::vector<int64_t> next(offsets, offsets + n_experts);
+  std::vector<int64_t> next(offsets, offsets + n_experts + 1);
   for (int64_t i = 0; i < n_entries; ++i) {
-    const int64_t r = next[topk_idx[i]]++;
+    const int64_t e = topk_idx[i];
+    const int64_t r = next[e < 0 ? n_experts : e]++;
     row_source[r] = i;
     row_of[i] = r;
   }
@@ -256,7 +258,7 @@ template <class T>
 void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, const ExpertsShape& s,
                      const int64_t* offsets, const int64_t* row_source, const int64_t* row_of,
                      const ExpertsLora<T>& lora, T* out, T* pre) {
-  const int64_t n_rows = s.n_tokens * s.k;
+  const int64_t n_rows = offsets[s.n_experts];  // the entries routed to an expert here
   std::vector<T> rows(size_t(n_rows * s.dim)), act(size_t(n_rows * s.inter));
   std::vector<T> xa(size_t(n_rows * std::max(lora.r_up, lora.r_down)));
   gather_rows(h, row_source, n_rows, s.k, s.dim, rows.data());
@@ -285,8 +287,10 @@ void experts_forward(const T* h, const T* up, const T* down, const T* topk_w, co
     T* o = out + t * s.dim;
     std::fill_n(o, s.dim, T(0));
     for (int64_t j = 0; j < s.k; ++j) {
+      const int64_t r = row_of[t * s.k + j];
+      if (r >= n_rows) continue;  // another rank's expert
       const T w = topk_w[t * s.k + j];
-      const T* y = rows.data() + row_of[t * s.k + j] * s.dim;
+      const T* y = rows.data() + r * s.dim;
       for (int64_t d = 0; d < s.dim; ++d) o[d] += w * y[d];
     }
   }
@@ -297,7 +301,8 @@ void experts_backward(const T* h, const T* up, const T* down, const T* topk_w,
                       const ExpertsShape& s, const int64_t* offsets, const int64_t* row_source,
                       const int64_t* row_of, const T* pre, const T* dout,
                       const ExpertsLora<T>& lora, T* dh, T* dup, T* ddown, T* dtopk_w) {
-  const int64_t n_rows = s.n_tokens * s.k;
+  const int64_t n_rows = offsets[s.n_experts];   // the entries routed to an expert here
+  std::fill_n(dtopk_w, s.n_tokens * s.k, T(0));  // other ranks' entries stay 0
   std::vector<T> rows(size_t(n_rows * s.dim)), drows(size_t(n_rows * s.dim));
   std::vector<T> act(size_t(n_rows * s.inter)), dact(size_t(n_rows * s.inter));
   // LoRA scratch: [m, r] products of one expert.
@@ -371,7 +376,9 @@ void experts_backward(const T* h, const T* up, const T* down, const T* topk_w,
     T* gr = dh + t * s.dim;
     std::fill_n(gr, s.dim, T(0));
     for (int64_t j = 0; j < s.k; ++j) {
-      const T* y = drows.data() + row_of[t * s.k + j] * s.dim;
+      const int64_t r = row_of[t * s.k + j];
+      if (r >= n_rows) continue;
+      const T* y = drows.data() + r * s.dim;
       for (int64_t d = 0; d < s.dim; ++d) gr[d] += y[d];
     }
   }

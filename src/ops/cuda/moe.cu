@@ -172,14 +172,16 @@ __global__ void route_dlogits_kernel(const int64_t* topk_idx, const T* scores, c
   }
 }
 
-// count[e] += the number of entries of topk_idx equal to e; ids outside [0, E) are not counted.
+// count[e] += the number of entries of topk_idx equal to e; ids outside [0, E) are not counted,
+// except that -1 (another rank's expert) is counted in *others when it is not null.
 // One thread per entry; the integer atomics make the counts exact and order-free.
 __global__ void count_experts_kernel(const int64_t* topk_idx, int64_t n_entries, int64_t n_experts,
-                                     int64_t* count) {
+                                     int64_t* count, int64_t* others) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n_entries) return;
   const int64_t e = topk_idx[i];
   if (e >= 0 && e < n_experts) atomicAdd(reinterpret_cast<unsigned long long*>(count + e), 1ull);
+  if (e == -1 && others) atomicAdd(reinterpret_cast<unsigned long long*>(others), 1ull);
 }
 
 // values[i] = i (the entry numbers the stable sort carries along with the expert ids).
@@ -216,18 +218,22 @@ __global__ void relu_squared_kernel(const T* pre, int64_t n, T* act) {
 }
 
 // out[t, d] = Σ_j w[t, j] · rows[row_of[t·k + j], d] over the k slots in order (w = 1 when
-// topk_w is null: the backward's dh). One thread per element of out; deterministic, no atomics.
+// topk_w is null: the backward's dh), skipping the slots whose row is n_rows or beyond (another
+// rank's expert). One thread per element of out; deterministic, no atomics.
 // W, the routing weights' type, is T or float (an fp32 router with bf16 experts).
 template <class T, class W>
 __global__ void combine_routed_rows_kernel(const T* rows, const int64_t* row_of, const W* topk_w,
-                                           int64_t n_tokens, int64_t k, int64_t dim, T* out) {
+                                           int64_t n_rows, int64_t n_tokens, int64_t k,
+                                           int64_t dim, T* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n_tokens * dim) return;
   const int64_t t = i / dim, d = i % dim;
   float acc = 0.f;
   for (int64_t j = 0; j < k; ++j) {
+    const int64_t r = row_of[t * k + j];
+    if (r >= n_rows) continue;
     const float w = topk_w ? to_f32(topk_w[t * k + j]) : 1.f;
-    acc += w * to_f32(rows[row_of[t * k + j] * dim + d]);
+    acc += w * to_f32(rows[r * dim + d]);
   }
   out[i] = from_f32<T>(acc);
 }
@@ -383,17 +389,20 @@ std::vector<int64_t> host_offsets(const Tensor& expert_offsets) {
 // Fills cache.expert_offsets / row_source / row_of from topk_idx and returns the offsets on the
 // host: counts per expert (integer atomics), an inclusive scan into offsets[1..E], and a stable
 // radix sort of the (expert id, entry number) pairs, which groups the entries by expert in
-// entry (= token) order. Throws when an id is outside [0, E): such ids are not counted, so the
-// last offset falls short of T·k.
+// entry (= token) order. Entries of expert -1 (another rank's) sort after every expert, past
+// offsets[E]. Throws when an id is outside [0, E) and not -1: such ids are not counted, so the
+// counts fall short of T·k.
 std::vector<int64_t> build_permutation(const Tensor& topk_idx, int64_t n_experts,
                                        MoeExpertsCache& cache) {
   const int64_t n_rows = topk_idx.numel();
-  Tensor count = Tensor::zeros({n_experts}, DType::I64, Device::CUDA);
+  // The per-expert counts, then the count of -1 entries.
+  Tensor count = Tensor::zeros({n_experts + 1}, DType::I64, Device::CUDA);
   int64_t* offsets = ptr<int64_t>(cache.expert_offsets);
   NH_CUDA_CHECK(cudaMemsetAsync(offsets, 0, sizeof(int64_t), stream()));
   if (n_rows > 0) {
     count_experts_kernel<<<blocks_for(n_rows, kThreads), kThreads, 0, stream()>>>(
-        ptr<int64_t>(topk_idx), n_rows, n_experts, ptr<int64_t>(count));
+        ptr<int64_t>(topk_idx), n_rows, n_experts, ptr<int64_t>(count),
+        ptr<int64_t>(count) + n_experts);
     NH_CUDA_CHECK_LAUNCH();
   }
   if (n_experts > 0) {
@@ -405,9 +414,14 @@ std::vector<int64_t> build_permutation(const Tensor& topk_idx, int64_t n_experts
                                                 offsets + 1, n_experts, stream()));
   }
   std::vector<int64_t> host = host_offsets(cache.expert_offsets);
-  if (host.back() != n_rows)
-    throw Error("moe topk_idx", "expert id", "in [0, " + std::to_string(n_experts) + ")",
-                std::to_string(n_rows - host.back()) + " ids outside it");
+  int64_t others = 0;
+  NH_CUDA_CHECK(cudaMemcpyAsync(&others, ptr<int64_t>(count) + n_experts, sizeof others,
+                                cudaMemcpyDeviceToHost, stream()));
+  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  if (host.back() + others != n_rows)
+    throw Error("moe topk_idx", "expert id",
+                "in [0, " + std::to_string(n_experts) + ") or -1 (not here)",
+                std::to_string(n_rows - host.back() - others) + " ids outside it");
   if (n_rows == 0) return host;
 
   int64_t* row_source = ptr<int64_t>(cache.row_source);
@@ -416,8 +430,10 @@ std::vector<int64_t> build_permutation(const Tensor& topk_idx, int64_t n_experts
   iota_kernel<<<blocks_for(n_rows, kThreads), kThreads, 0, stream()>>>(n_rows, row_of);
   NH_CUDA_CHECK_LAUNCH();
   Tensor sorted_ids = Tensor::empty({n_rows}, DType::I64, Device::CUDA);
-  int end_bit = 1;  // ids are in [0, E): only their low bits need sorting
-  while (end_bit < 62 && (int64_t(1) << end_bit) < n_experts) ++end_bit;
+  // Ids are in [0, E) or -1: sorting on the bits that hold E (2^end_bit > E) puts -1, whose low
+  // bits are all ones, after every expert.
+  int end_bit = 1;
+  while (end_bit < 62 && (int64_t(1) << end_bit) <= n_experts) ++end_bit;
   size_t sort_bytes = 0;
   NH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, ptr<int64_t>(topk_idx),
                                                 ptr<int64_t>(sorted_ids), row_of, row_source,
@@ -442,11 +458,11 @@ void gather_routed_rows(const T* src, const int64_t* row_source, int64_t n_rows,
 }
 
 template <class T, class W>
-void combine_routed_rows(const T* rows, const int64_t* row_of, const W* topk_w, int64_t n_tokens,
-                         int64_t k, int64_t dim, T* out) {
+void combine_routed_rows(const T* rows, const int64_t* row_of, const W* topk_w, int64_t n_rows,
+                         int64_t n_tokens, int64_t k, int64_t dim, T* out) {
   if (n_tokens * dim == 0) return;
   combine_routed_rows_kernel<T, W><<<blocks_for(n_tokens * dim, kThreads), kThreads, 0, stream()>>>(
-      rows, row_of, topk_w, n_tokens, k, dim, out);
+      rows, row_of, topk_w, n_rows, n_tokens, k, dim, out);
   NH_CUDA_CHECK_LAUNCH();
 }
 
@@ -572,6 +588,7 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
   cache.pre = Tensor::empty({n_rows, s.inter}, h.dtype(), Device::CUDA);
   const std::vector<int64_t> offsets = build_permutation(topk_idx, s.n_experts, cache);
   if (s.n_tokens * s.dim == 0) return;
+  const int64_t n_here = offsets.back();  // the entries routed to an expert here
 
   with_gpu_float_type(h.dtype(), [&](auto zero) {
     using T = decltype(zero);
@@ -584,7 +601,7 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
     const int64_t r_up = lora_rank(lora.up_a), r_down = lora_rank(lora.down_a);
     const float ls = float(lora.scale);
     Tensor xa = Tensor::empty({n_rows * std::max(r_up, r_down)}, dt, Device::CUDA);
-    gather_routed_rows(ptr<T>(h), ptr<int64_t>(cache.row_source), n_rows, s.k, s.dim, rows_p);
+    gather_routed_rows(ptr<T>(h), ptr<int64_t>(cache.row_source), n_here, s.k, s.dim, rows_p);
     for (int64_t e = 0; e < s.n_experts; ++e) {
       const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
       if (m == 0) continue;
@@ -595,9 +612,9 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
                      at(lora.up_b, e * s.inter * r_up), ls, m, s.inter, s.dim, r_up, xa.raw(),
                      pre_p + r0 * s.inter, dt);
     }
-    if (n_rows * s.inter > 0) {
-      relu_squared_kernel<T><<<blocks_for(n_rows * s.inter, kThreads), kThreads, 0, stream()>>>(
-          pre_p, n_rows * s.inter, act_p);
+    if (n_here * s.inter > 0) {
+      relu_squared_kernel<T><<<blocks_for(n_here * s.inter, kThreads), kThreads, 0, stream()>>>(
+          pre_p, n_here * s.inter, act_p);
       NH_CUDA_CHECK_LAUNCH();
     }
     // The expert outputs reuse the gathered input rows: both are [rows, Din].
@@ -613,8 +630,8 @@ void moe_experts_forward(const Tensor& h, const Tensor& up, const Tensor& down,
     }
     with_weight_type<T>(topk_w, [&](auto w) {
       using W = decltype(w);
-      combine_routed_rows(rows_p, ptr<int64_t>(cache.row_of), ptr<W>(topk_w), s.n_tokens, s.k,
-                          s.dim, ptr<T>(out));
+      combine_routed_rows(rows_p, ptr<int64_t>(cache.row_of), ptr<W>(topk_w), n_here, s.n_tokens,
+                          s.k, s.dim, ptr<T>(out));
     });
   });
 }
@@ -657,6 +674,9 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     return;
   }
   const std::vector<int64_t> offsets = host_offsets(cache.expert_offsets);
+  const int64_t n_here = offsets.back();  // the entries routed to an expert here
+  // Other ranks' entries get no gradient here.
+  NH_CUDA_CHECK(cudaMemsetAsync(dtopk_w.raw(), 0, dtopk_w.nbytes(), stream()));
 
   with_gpu_float_type(h.dtype(), [&](auto zero) {
     using T = decltype(zero);
@@ -675,8 +695,8 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
     const int64_t r_max = std::max(r_up, r_down);
     Tensor xa = Tensor::empty({n_rows * r_max}, dt, Device::CUDA),
            g = Tensor::empty({n_rows * r_max}, dt, Device::CUDA);
-    gather_routed_rows(ptr<T>(h), row_source, n_rows, s.k, s.dim, rows_p);
-    gather_routed_rows(ptr<T>(dout), row_source, n_rows, s.k, s.dim, drows_p);
+    gather_routed_rows(ptr<T>(h), row_source, n_here, s.k, s.dim, rows_p);
+    gather_routed_rows(ptr<T>(dout), row_source, n_here, s.k, s.dim, drows_p);
     // dact = dout · (down[e] + s · down_b[e] · down_a[e]), before the routing weight (k = Din > 0
     // here, so every row is written).
     for (int64_t e = 0; e < s.n_experts; ++e) {
@@ -691,18 +711,16 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
            at(lora.down_a, e * r_down * s.inter), s.inter, 1.f, dact_p + r0 * s.inter, s.inter,
            dt);
     }
-    if (s.inter > 0) {
+    if (s.inter > 0 && n_here > 0) {
       const int warps = kThreads / 32;
       with_weight_type<T>(topk_w, [&](auto w) {
         using W = decltype(w);
         expert_row_grads_kernel<T, W>
-            <<<unsigned((n_rows + warps - 1) / warps), kThreads, 0, stream()>>>(
-                ptr<T>(cache.pre), ptr<W>(topk_w), row_source, n_rows, s.inter, act_p, dact_p,
+            <<<unsigned((n_here + warps - 1) / warps), kThreads, 0, stream()>>>(
+                ptr<T>(cache.pre), ptr<W>(topk_w), row_source, n_here, s.inter, act_p, dact_p,
                 ptr<W>(dtopk_w));
       });
       NH_CUDA_CHECK_LAUNCH();
-    } else {
-      NH_CUDA_CHECK(cudaMemsetAsync(dtopk_w.raw(), 0, dtopk_w.nbytes(), stream()));
     }
     for (int64_t e = 0; e < s.n_experts; ++e) {
       const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
@@ -731,8 +749,8 @@ void moe_experts_backward(const Tensor& h, const Tensor& up, const Tensor& down,
              s.dim, 1.f, drows_p + r0 * s.dim, s.dim, dt);
       }
     }
-    combine_routed_rows<T, T>(drows_p, ptr<int64_t>(cache.row_of), nullptr, s.n_tokens, s.k,
-                              s.dim, ptr<T>(dh));
+    combine_routed_rows<T, T>(drows_p, ptr<int64_t>(cache.row_of), nullptr, n_here, s.n_tokens,
+                              s.k, s.dim, ptr<T>(dh));
   });
 }
 
@@ -746,7 +764,7 @@ void moe_expert_load(const Tensor& topk_idx, Tensor& load) {
   NH_CUDA_CHECK(cudaMemsetAsync(load.raw(), 0, load.nbytes(), stream()));
   if (topk_idx.numel() == 0) return;
   count_experts_kernel<<<blocks_for(topk_idx.numel(), kThreads), kThreads, 0, stream()>>>(
-      ptr<int64_t>(topk_idx), topk_idx.numel(), load.size(0), ptr<int64_t>(load));
+      ptr<int64_t>(topk_idx), topk_idx.numel(), load.size(0), ptr<int64_t>(load), nullptr);
   NH_CUDA_CHECK_LAUNCH();
 }
 
