@@ -27,19 +27,21 @@ class DataParallel {
   static constexpr int64_t kDefaultBucketElements = 40'000'000;
 
   // Lays out `model` (placed on its device already) and makes every rank's parameters equal to
-  // rank 0's. The model must outlive this object.
+  // rank 0's. Under expert parallelism the experts' gradients are reduced over `expert_group`
+  // instead: the data-parallel ranks that hold the same experts. The model must outlive this
+  // object.
   DataParallel(Model& model, Communicator& group, bool distributed_optimizer,
-               int64_t bucket_elements = kDefaultBucketElements);
+               int64_t bucket_elements = kDefaultBucketElements,
+               Communicator* expert_group = nullptr);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
   Communicator& group() { return group_; }
   bool distributed_optimizer() const { return distributed_optimizer_; }
-  // What this rank's optimizer updates, and the group its gradient norm is summed over (null
-  // when every rank holds all of it).
+  // What this rank's optimizer updates, and the groups its gradient norm is summed over.
   std::vector<OptimizerRange> optimizer_ranges() const;
-  Communicator* norm_group() { return distributed_optimizer_ ? &group_ : nullptr; }
+  NormGroups norm_groups() const;
 
   // Before each micro-batch's backward: whether it is this rank's last of the step (the one
   // whose backward reduces the gradients).
@@ -58,11 +60,13 @@ class DataParallel {
     int64_t offset, numel;
     int stage;  // Model::set_grads_ready_hook's number of the step that finishes it
     bool decay;
+    bool expert;  // reduced over the expert group
   };
   struct Bucket {
     int64_t begin, end;  // elements of the flat buffers; the length divides by the group size
     int ready_stage;     // done once the backward has finished this stage
     bool started;
+    Communicator* group;  // the ranks that reduce it
   };
   void on_grads_ready(int stage);
   void reduce(Bucket& b);
@@ -70,6 +74,7 @@ class DataParallel {
 
   Model& model_;
   Communicator& group_;
+  Communicator* expert_group_;
   bool distributed_optimizer_;
   std::vector<Segment> segments_;
   std::vector<Bucket> buckets_;
@@ -79,5 +84,11 @@ class DataParallel {
 
 // The backward stage after which parameter `name`'s gradient is final (Model's hook numbering).
 int grads_ready_stage(const std::string& name, int layers);
+
+// How `model` holds its trainable tensor `name` across ranks: its kind for the gradient norm, the
+// whole tensor's elements, and where this rank's part starts in it.
+NormKind norm_kind(const Model& model, const std::string& name);
+int64_t whole_numel(const Model& model, const std::string& name);
+int64_t whole_offset(const Model& model, const std::string& name);
 
 }  // namespace nh

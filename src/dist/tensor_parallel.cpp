@@ -2,8 +2,6 @@
 
 #include <cstring>
 
-#include "model/model.h"
-
 namespace nh {
 
 namespace {
@@ -127,11 +125,6 @@ Tensor tp_shard(const Tensor& full, const TpSplit& split, int rank, int ranks) {
     dst += b / ranks;
   }
   return out;
-}
-
-bool tp_replicated(const Model& model, const std::string& name) {
-  return !model.tensor_parallel_group() ||
-         tp_split(model.full_config(), name).kind == TpSplit::Whole;
 }
 
 Tensor tp_unshard(const std::vector<Tensor>& shards, const TpSplit& split) {

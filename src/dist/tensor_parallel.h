@@ -19,8 +19,6 @@
 
 namespace nh {
 
-class Model;
-
 // How one parameter splits: whole on every rank, by rows (dimension 0) in blocks that each
 // split evenly (in_proj: z, x, B, C, dt), or by columns (dimension 1).
 struct TpSplit {
@@ -41,9 +39,5 @@ Shape tp_shard_shape(const Shape& full, const TpSplit& split, int ranks);
 // (shards[r] of rank r), both on the CPU.
 Tensor tp_shard(const Tensor& full, const TpSplit& split, int rank, int ranks);
 Tensor tp_unshard(const std::vector<Tensor>& shards, const TpSplit& split);
-
-// Whether `model`'s trainable tensor `name` is the same on every rank of its tensor-parallel
-// group (always, without one).
-bool tp_replicated(const Model& model, const std::string& name);
 
 }  // namespace nh

@@ -68,6 +68,8 @@ void Model::bind_mixers() {
     LayerParams p(weights_.params, grads_, "layers." + std::to_string(l) + ".mixer.",
                   has_adapter() ? binding : AdapterBinding());
     mixers_.push_back(make_mixer(config_.layers[l], config_, p));
+    if (ep_ && config_.layers[l] == LayerKind::Moe)
+      static_cast<MoeMixer&>(*mixers_.back()).set_expert_parallel(*ep_);
   }
 }
 
@@ -107,31 +109,60 @@ void Model::shard_tensor_parallel(Communicator& group) {
   bind();
 }
 
+void Model::shard_experts(Communicator& group) {
+  NH_CHECK(!has_adapter() && weights_.quantized.empty() && device() == Device::CPU && !ep_,
+           "shard_experts: a whole model on the CPU, with no adapter");
+  if (config_.n_routed_experts % group.size() != 0)
+    throw Error("recipe", "expert_model_parallel_size",
+                "a divisor of the model's n_routed_experts (" +
+                    std::to_string(config_.n_routed_experts) + ")",
+                std::to_string(group.size()));
+  const int64_t local = config_.n_routed_experts / group.size();
+  for (size_t l = 0; l < config_.layers.size(); ++l) {
+    if (config_.layers[l] != LayerKind::Moe) continue;
+    for (const char* w : {"up_proj", "down_proj"}) {
+      Tensor& p = weights_.params.at("layers." + std::to_string(l) + ".mixer.experts." + w);
+      p = p.slice0(local * group.rank(), local * (group.rank() + 1)).clone();
+    }
+  }
+  ep_ = &group;
+  bind();
+}
+
 void Model::save_gathered(const std::string& dir, bool write) const {
-  if (!tp_) {
+  if (!tp_ && !ep_) {
     if (write) save(dir);
     return;
   }
+  const ModelConfig& config = full_config();
   ModelWeights whole = weights_;
-  const int ranks = tp_->size();
-  for (const auto& spec :
-       param_specs(full_config_, weights_.tied_head, weights_.attention_biases)) {
-    const TpSplit split = tp_split(full_config_, spec.name);
-    const Tensor& local = weights_.params.at(spec.name);
-    if (split.kind == TpSplit::Whole) {
-      whole.params.at(spec.name) = local.to(Device::CPU);
-      continue;
-    }
+  // Every rank's shard of a parameter, on the host.
+  const auto gather = [](Communicator& group, const Tensor& local) {
     const int64_t n = local.numel();
-    Tensor all = Tensor::empty({n * ranks}, local.dtype(), local.device());
-    tp_->all_gather(local.reshape({n}), all);
-    const Tensor host = all.to(Device::CPU);
-    std::vector<Tensor> shards;
-    for (int r = 0; r < ranks; ++r)
-      shards.push_back(host.slice0(n * r, n * (r + 1)).reshape(local.shape()));
-    whole.params.at(spec.name) = tp_unshard(shards, split);
+    Tensor all = Tensor::empty({n * group.size()}, local.dtype(), local.device());
+    group.all_gather(local.reshape({n}), all);
+    return all.to(Device::CPU);
+  };
+  for (const auto& spec : param_specs(config, weights_.tied_head, weights_.attention_biases)) {
+    const Tensor& local = weights_.params.at(spec.name);
+    Tensor& out = whole.params.at(spec.name);
+    const bool expert =
+        spec.name.ends_with(".experts.up_proj") || spec.name.ends_with(".experts.down_proj");
+    const TpSplit split = tp_ ? tp_split(config, spec.name) : TpSplit();
+    if (ep_ && expert) {
+      out = gather(*ep_, local).reshape(spec.shape);  // the ranks' experts in order
+    } else if (split.kind != TpSplit::Whole) {
+      const Tensor host = gather(*tp_, local);
+      const int64_t n = local.numel();
+      std::vector<Tensor> shards;
+      for (int r = 0; r < tp_->size(); ++r)
+        shards.push_back(host.slice0(n * r, n * (r + 1)).reshape(local.shape()));
+      out = tp_unshard(shards, split);
+    } else {
+      out = local.to(Device::CPU);
+    }
   }
-  if (write) write_model_dir(dir, full_config_, whole);
+  if (write) write_model_dir(dir, config, whole);
 }
 
 void Model::quantize_base(QuantKind kind, Device device) {

@@ -33,8 +33,8 @@ class Model {
   // written to temporary names and renamed. An attached adapter is not written (see
   // save_peft_adapter, or merge_adapter first); a quantised base is an Error.
   void save(const std::string& dir) const;
-  // Under tensor parallelism every rank of the group calls it: the whole weights are gathered
-  // from the ranks' shards and written when `write`. Otherwise save(dir) when `write`.
+  // Under tensor or expert parallelism every rank of the groups calls it: the whole weights are
+  // gathered from the ranks' shards and written when `write`. Otherwise save(dir) when `write`.
   void save_gathered(const std::string& dir, bool write) const;
 
   // Moves the parameters to `device` in `dtype` (buffers such as the router's correction bias
@@ -126,6 +126,13 @@ class Model {
   // the group. An impossible split is an Error naming the config field.
   void shard_tensor_parallel(Communicator& group);
   Communicator* tensor_parallel_group() const { return tp_; }
+  // Expert parallelism: keeps experts [r·E/n, (r+1)·E/n) of every MoE layer on rank r of the n
+  // ranks of `group` (data-parallel ranks, each with its own tokens). Each MoE layer gathers the
+  // group's tokens, runs its experts on those routed to them, and sums the outputs back
+  // (dist/data_parallel.h reduces the experts' gradients over the ranks that hold the same
+  // experts). The model holds whole parameters on the CPU, with no adapter or quantised base.
+  void shard_experts(Communicator& group);
+  Communicator* expert_parallel_group() const { return ep_; }
 
   // Called during backward each time a group of gradients is final: with the layer index once
   // layer l (and its pre-norm) is done, with layers() for the final norm and an untied LM head
@@ -174,6 +181,7 @@ class Model {
   std::vector<bool> recompute_;
   std::function<void(int)> grads_ready_;
   Communicator* tp_ = nullptr;
+  Communicator* ep_ = nullptr;
   ModelConfig full_config_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.
   Batch batch_;

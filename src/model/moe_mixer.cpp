@@ -36,9 +36,43 @@ std::pair<Tensor, Tensor> MoeMixer::experts(DType dtype) const {
   return {qup_ ? dequantized(*qup_, dtype) : up_, qdown_ ? dequantized(*qdown_, dtype) : down_};
 }
 
+namespace {
+
+// The group's routing with every expert held elsewhere marked -1, and this rank's experts
+// renumbered from 0 (ids from rank r·local on).
+Tensor experts_here(const Tensor& idx_all, int64_t first, int64_t local) {
+  Tensor ids = idx_all.to(Device::CPU).clone();
+  int64_t* p = ids.data<int64_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    p[i] = p[i] >= first && p[i] < first + local ? p[i] - first : -1;
+  return ids.to(idx_all.device());
+}
+
+}  // namespace
+
+void MoeMixer::routed_experts(const Tensor& up, const Tensor& down) {
+  const int64_t t = h_.size(0), din = h_.size(1);
+  routed_ = Tensor::empty({t, din}, h_.dtype(), h_.device());
+  if (!ep_) {
+    moe_experts_forward(h_, up, down, topk_idx_, topk_w_, routed_, cache_, lora_);
+    return;
+  }
+  const int n = ep_->size();
+  h_all_ = Tensor::empty({n * t, din}, h_.dtype(), h_.device());
+  ep_->all_gather(h_, h_all_);
+  Tensor idx_all = Tensor::empty({n * t, topk_idx_.size(1)}, DType::I64, h_.device());
+  ep_->all_gather(topk_idx_, idx_all);
+  w_all_ = Tensor::empty({n * t, topk_w_.size(1)}, topk_w_.dtype(), h_.device());
+  ep_->all_gather(topk_w_, w_all_);
+  idx_here_ = experts_here(idx_all, up.size(0) * ep_->rank(), up.size(0));
+  Tensor partial = Tensor::empty({n * t, din}, h_.dtype(), h_.device());
+  moe_experts_forward(h_all_, up, down, idx_here_, w_all_, partial, cache_, lora_);
+  ep_->reduce_scatter(partial, routed_);  // each token's rank gets the sum over all experts
+}
+
 void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
   const auto [up, down] = experts(u.dtype());
-  const int64_t t = u.size(0), k = route_.top_k, e = up.size(0), din = up.size(2);
+  const int64_t t = u.size(0), k = route_.top_k, e = gate_w_.size(0), din = up.size(2);
   const DType dt = u.dtype();
   const Device dev = u.device();
   u_ = u;
@@ -54,8 +88,7 @@ void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
     h_ = Tensor::empty({t, din}, dt, dev);
     fc1_.forward(u, h_);
   }
-  routed_ = Tensor::empty({t, din}, dt, dev);
-  moe_experts_forward(h_, up, down, topk_idx_, topk_w_, routed_, cache_, lora_);
+  routed_experts(up, down);
   load_ = Tensor::empty({e}, DType::I64, dev);
   moe_expert_load(topk_idx_, load_);
 
@@ -79,8 +112,21 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
   }
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
-  moe_experts_backward(h_, up, down, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
-                       dtopk_w, lora_);
+  if (ep_) {
+    // The group's output gradients through this rank's experts, summed back to their ranks.
+    const int n = ep_->size();
+    Tensor drouted_all = Tensor::empty({n * dh.size(0), dh.size(1)}, dt, dev);
+    ep_->all_gather(drouted, drouted_all);
+    Tensor dh_all = Tensor::empty(h_all_.shape(), dt, dev);
+    Tensor dw_all = Tensor::empty(w_all_.shape(), w_all_.dtype(), dev);
+    moe_experts_backward(h_all_, up, down, idx_here_, w_all_, cache_, drouted_all, dh_all, dup_,
+                         ddown_, dw_all, lora_);
+    ep_->reduce_scatter(dh_all, dh);
+    ep_->reduce_scatter(dw_all, dtopk_w);
+  } else {
+    moe_experts_backward(h_, up, down, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
+                         dtopk_w, lora_);
+  }
   if (latent_)
     fc1_.backward(u_, dh, du);
   else
@@ -102,7 +148,7 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
 }
 
 void MoeMixer::release() {
-  u_ = topk_idx_ = topk_w_ = scores_ = h_ = routed_ = Tensor();
+  u_ = topk_idx_ = topk_w_ = scores_ = h_ = routed_ = h_all_ = w_all_ = idx_here_ = Tensor();
   cache_ = MoeExpertsCache();
   shared_.release();
 }

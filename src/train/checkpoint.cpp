@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dist/data_parallel.h"
 #include "dist/tensor_parallel.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -115,15 +116,21 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     std::vector<std::pair<std::string, Tensor>> tensors;
     std::map<std::string, std::string> begins;
     for (const auto& p : c.optimizer.state()) {
+      if (c.sharded_state && !c.distributed_optimizer) {
+        const bool expert =
+            norm_kind(c.model, p.name.substr(p.name.find('/') + 1)) == NormKind::Expert;
+        if (!(expert ? c.saves_model : c.first_data_rank)) continue;
+      }
       tensors.emplace_back(p.name,
                            c.sharded_state ? p.tensor.reshape({p.tensor.numel()}) : p.tensor);
       begins[p.name] = std::to_string(p.begin);
     }
     if (c.saves_model && !c.model.has_adapter() && needs_master(c.model))
       for (const auto& name : c.model.params().names()) {
+        if (!c.first_data_rank && norm_kind(c.model, name) != NormKind::Expert) continue;
         const Tensor& w = c.model.params().at(name);
         tensors.emplace_back("master/" + name, c.sharded_state ? w.reshape({w.numel()}) : w);
-        begins["master/" + name] = "0";
+        begins["master/" + name] = std::to_string(whole_offset(c.model, name));
       }
     if (c.tp_size > 1)
       begins["tensor_parallel"] = std::to_string(c.tp_rank) + "/" + std::to_string(c.tp_size);
@@ -280,7 +287,7 @@ void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_s
   ParamSet& restored = model.has_adapter() ? model.adapter_params() : model.params();
   for (const auto& name : restored.names()) {
     Tensor& w = restored.at(name);
-    state.read("master/" + name, 0, w.numel(), w);
+    state.read("master/" + name, whole_offset(model, name), whole_numel(model, name), w);
   }
 }
 

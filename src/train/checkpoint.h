@@ -37,9 +37,14 @@ struct CheckpointContents {
   // state), and whether each holds only its own pieces of the optimizer state.
   Communicator* group = nullptr;
   bool sharded_state = false;
-  // Whether this rank takes part in writing the model: the first data-parallel rank's whole
-  // tensor-parallel group, which gathers the weights (rank 0 writes them).
-  bool saves_model = true;
+  // Each data-parallel rank holds its own ranges of the state; without it, the ranks after the
+  // first (after the first expert group, for the experts) hold copies and write none.
+  bool distributed_optimizer = false;
+  // Whether this rank takes part in writing the model: the first expert group's whole
+  // tensor-parallel groups, which gather the weights (rank 0 writes them); and whether it is
+  // the first data-parallel rank (which writes the masters a CPU model's files round, but the
+  // experts' of every rank of the first expert group).
+  bool saves_model = true, first_data_rank = true;
   int tp_rank = 0, tp_size = 1;  // pieces of a tensor-parallel shard are marked with its rank
 };
 

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "dist/tensor_parallel.h"
+#include "dist/data_parallel.h"
 #include "ops/adamw.h"
 
 namespace nh {
@@ -12,21 +12,20 @@ namespace {
 std::vector<OptimizerRange> whole_parameters(Model& model) {
   std::vector<OptimizerRange> ranges;
   for (const auto& t : model.trainable())
-    ranges.push_back(
-        {t.name, t.param, t.grad, 0, t.decay, t.param.numel(), tp_replicated(model, t.name)});
+    ranges.push_back({t.name, t.param, t.grad, 0, t.decay, whole_numel(model, t.name),
+                      whole_offset(model, t.name), norm_kind(model, t.name)});
   return ranges;
 }
 
 }  // namespace
 
 Optimizer::Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision)
-    : Optimizer(whole_parameters(model), settings, full_precision, nullptr,
-                model.tensor_parallel_group()) {}
+    : Optimizer(whole_parameters(model), settings, full_precision,
+                {nullptr, model.tensor_parallel_group(), nullptr, model.expert_parallel_group()}) {}
 
 Optimizer::Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings settings,
-                     const ParamSet* full_precision, Communicator* norm_group,
-                     Communicator* tp_group)
-    : settings_(settings), norm_group_(norm_group), tp_group_(tp_group) {
+                     const ParamSet* full_precision, NormGroups groups)
+    : settings_(settings), groups_(groups) {
   for (auto& r : ranges) {
     const Tensor& p = r.param;
     Tensor master;
@@ -40,23 +39,28 @@ Optimizer::Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings setti
       master = Tensor::empty(p.shape(), DType::F32, p.device());
       master.copy_from(from);
     }
-    slots_.push_back({r.name, r.begin, r.full_numel ? r.full_numel : p.numel(), p, r.grad,
-                      Tensor::zeros(p.shape(), moments, p.device()),
-                      Tensor::zeros(p.shape(), moments, p.device()), master, r.decay,
-                      r.replicated});
+    slots_.push_back({r.name, r.begin, r.full_numel ? r.full_numel : p.numel(), r.whole_offset, p,
+                      r.grad, Tensor::zeros(p.shape(), moments, p.device()),
+                      Tensor::zeros(p.shape(), moments, p.device()), master, r.decay, r.norm});
   }
 }
 
 StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
-  // Tensor-parallel shards add up over the group; replicated tensors count once.
-  double sharded = 0, whole = 0;
-  for (const auto& s : slots_) (s.replicated ? whole : sharded) += sum_of_squares(s.grad);
-  if (norm_group_) {
-    sharded = norm_group_->all_reduce(sharded);
-    whole = norm_group_->all_reduce(whole);
+  // Shards add up over their groups; whole tensors count once. Every rank makes the same
+  // collectives in the same order.
+  double whole = 0, tensor = 0, expert = 0;
+  for (const auto& s : slots_)
+    (s.norm == NormKind::Whole         ? whole
+     : s.norm == NormKind::TensorShard ? tensor
+                                       : expert) += sum_of_squares(s.grad);
+  if (groups_.data) {
+    whole = groups_.data->all_reduce(whole);
+    tensor = groups_.data->all_reduce(tensor);
   }
-  if (tp_group_) sharded = tp_group_->all_reduce(sharded);
-  const double sum = sharded + whole;
+  if (groups_.tensor) tensor = groups_.tensor->all_reduce(tensor);
+  if (groups_.expert_data) expert = groups_.expert_data->all_reduce(expert);
+  if (groups_.expert) expert = groups_.expert->all_reduce(expert);
+  const double sum = whole + tensor + expert;
   StepResult r;
   r.grad_norm = std::sqrt(sum) * std::fabs(grad_scale);
   r.finite = std::isfinite(r.grad_norm);
@@ -85,9 +89,10 @@ StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
 std::vector<StatePiece> Optimizer::state() const {
   std::vector<StatePiece> out;
   for (const auto& s : slots_) {
-    out.push_back({"exp_avg/" + s.name, s.begin, s.m});
-    out.push_back({"exp_avg_sq/" + s.name, s.begin, s.v});
-    if (s.master.defined()) out.push_back({"master/" + s.name, s.begin, s.master});
+    const int64_t at = s.whole_offset + s.begin;
+    out.push_back({"exp_avg/" + s.name, at, s.m});
+    out.push_back({"exp_avg_sq/" + s.name, at, s.v});
+    if (s.master.defined()) out.push_back({"master/" + s.name, at, s.master});
   }
   return out;
 }
@@ -95,7 +100,7 @@ std::vector<StatePiece> Optimizer::state() const {
 void Optimizer::load_state(const StateReader& read, const std::string& where) {
   for (auto& s : slots_)
     for (auto [prefix, dst] : {std::pair{"exp_avg/", &s.m}, std::pair{"exp_avg_sq/", &s.v}})
-      if (!read(prefix + s.name, s.begin, s.full_numel, *dst))
+      if (!read(prefix + s.name, s.whole_offset + s.begin, s.full_numel, *dst))
         throw Error(where, prefix + s.name, "an optimizer state tensor", "none");
 }
 

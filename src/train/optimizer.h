@@ -25,18 +25,31 @@ struct StepResult {
   bool finite = true;    // false: nothing was updated
 };
 
-// Elements [begin, begin + numel) of trainable parameter `name` (all of it when begin is 0 and
-// param has the full shape): what one optimizer updates of it. With the distributed optimizer
-// each data-parallel rank holds such ranges of a flat buffer (dist/data_parallel.h).
+// How a parameter is held across ranks, which decides where its squared gradient norm is
+// summed: whole (the same on every tensor- and expert-parallel rank), a tensor-parallel shard, or
+// an expert-parallel rank's experts.
+enum class NormKind { Whole, TensorShard, Expert };
+
+// The groups the gradient norm is summed over (null: none). `data` and `expert_data` are the
+// distributed optimizer's: the ranks whose ranges of the non-expert, or expert, parameters
+// together make this rank's model.
+struct NormGroups {
+  Communicator *data = nullptr, *tensor = nullptr, *expert_data = nullptr, *expert = nullptr;
+};
+
+// Elements [begin, begin + numel) of this rank's trainable parameter `name` (all of it when
+// begin is 0 and param has its full shape): what one optimizer updates of it. With the
+// distributed optimizer each data-parallel rank holds such ranges of a flat buffer
+// (dist/data_parallel.h).
 struct OptimizerRange {
   std::string name;
   Tensor param, grad;  // the range's elements, same shape
   int64_t begin = 0;
   bool decay = true;
-  int64_t full_numel = 0;  // of the whole parameter (0: param is the whole of it)
-  // The same on every tensor-parallel rank (counted once in the gradient norm), rather than a
-  // tensor-parallel shard.
-  bool replicated = true;
+  // The saved state's view: the whole parameter's elements (0: param is all of it), and where
+  // this rank's part of it starts there (expert parallelism).
+  int64_t full_numel = 0, whole_offset = 0;
+  NormKind norm = NormKind::Whole;
 };
 
 // A piece of saved optimizer state: elements [begin, begin + tensor.numel()) of the full tensor
@@ -57,12 +70,9 @@ class Optimizer {
   // `full_precision`: the fp32 values a bf16 model was rounded from, by name (any device), to
   // start the masters from; without it they start from the model's own parameters.
   Optimizer(Model& model, OptimizerSettings settings, const ParamSet* full_precision = nullptr);
-  // Over ranges of parameters. The squared gradient norm is summed over `norm_group` (the
-  // data-parallel ranks whose ranges together make this rank's model), and its tensor-parallel
-  // shards' part over `tp_group`, when given.
+  // Over ranges of parameters, with the groups their squared gradient norm is summed over.
   Optimizer(std::vector<OptimizerRange> ranges, OptimizerSettings settings,
-            const ParamSet* full_precision = nullptr, Communicator* norm_group = nullptr,
-            Communicator* tp_group = nullptr);
+            const ParamSet* full_precision = nullptr, NormGroups groups = {});
   // Scales the gradients by grad_scale (1/tokens for the mean loss), clips their global norm
   // to clip_grad and takes AdamW step number `step` (1-based) at rate `lr`. Non-finite
   // gradients update nothing.
@@ -76,15 +86,15 @@ class Optimizer {
  private:
   struct Slot {
     std::string name;
-    int64_t begin, full_numel;
+    int64_t begin, full_numel, whole_offset;
     Tensor param, grad, m, v;
     Tensor master;  // fp32 copy AdamW updates when param is bf16; undefined otherwise
-    bool decay, replicated;
+    bool decay;
+    NormKind norm;
   };
   OptimizerSettings settings_;
   std::vector<Slot> slots_;
-  Communicator* norm_group_ = nullptr;
-  Communicator* tp_group_ = nullptr;
+  NormGroups groups_;
 };
 
 }  // namespace nh

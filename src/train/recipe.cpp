@@ -368,11 +368,11 @@ class RecipeReader {
     positive(r.tensor_model_parallel_size, "tensor_model_parallel_size");
     positive(r.expert_model_parallel_size, "expert_model_parallel_size");
     positive(r.ddp_bucket_size, "ddp_bucket_size");
-    need(r.expert_model_parallel_size == 1, "expert_model_parallel_size",
-         "1 (expert parallelism is not built yet; data and tensor parallelism are)",
-         std::to_string(r.expert_model_parallel_size));
     need(!r.sequence_parallel, "sequence_parallel",
          "false (sequence parallelism is not built yet; tensor parallelism is)", "true");
+    need(r.expert_model_parallel_size == 1 || r.adapter.empty(), "expert_model_parallel_size",
+         "1 with an adapter (expert parallelism trains whole models for now)",
+         std::to_string(r.expert_model_parallel_size));
     need(r.tensor_model_parallel_size == 1 || r.adapter.empty(), "tensor_model_parallel_size",
          "1 with an adapter (tensor parallelism trains whole models for now)",
          std::to_string(r.tensor_model_parallel_size));

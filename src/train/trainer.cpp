@@ -148,6 +148,11 @@ int data_parallel_size(const Recipe& r, int world) {
     throw Error("recipe", "tensor_model_parallel_size",
                 "a divisor of the world size " + std::to_string(world), std::to_string(tp));
   const int64_t dp = world / tp;
+  if (dp % r.expert_model_parallel_size != 0)
+    throw Error("recipe", "expert_model_parallel_size",
+                "a divisor of the data-parallel size " + std::to_string(dp) +
+                    " (the world size over tensor_model_parallel_size)",
+                std::to_string(r.expert_model_parallel_size));
   if (r.global_batch_size % (r.micro_batch_size * dp) != 0)
     throw Error("recipe", "global_batch_size",
                 "a multiple of micro_batch_size × data-parallel size (" +
@@ -186,6 +191,11 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   // Tensor-parallel ranks are neighbours (one node), as Megatron orders them.
   const std::unique_ptr<Communicator> tp_group = world->split(world->rank() / tp, world->rank());
   const std::unique_ptr<Communicator> dp_group = world->split(world->rank() % tp, world->rank());
+  // Expert groups are neighbouring data-parallel ranks; the ranks holding the same experts
+  // reduce their gradients.
+  const int ep = int(r.expert_model_parallel_size);
+  const std::unique_ptr<Communicator> ep_group = dp_group->split(dp_group->rank() / ep, 0);
+  const std::unique_ptr<Communicator> expert_dp_group = dp_group->split(dp_group->rank() % ep, 0);
   const bool lead = world->rank() == 0;
   quiet = quiet || !lead;
   fs::create_directories(r.out);
@@ -207,6 +217,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                 "at most the model's vocab_size " + std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
   if (tp > 1) model.shard_tensor_parallel(*tp_group);
+  if (ep > 1) model.shard_experts(*ep_group);
   if (!ckpt.empty()) restore_masters(ckpt, model, tp_group->rank(), tp);
   if (const auto kind = base_quantization(r)) {
     model.quantize_base(*kind, device);
@@ -219,14 +230,15 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   ParamSet full_precision = place_model(model, device, r);
   const std::unique_ptr<DataParallel> ddp =
       dp > 1 ? std::make_unique<DataParallel>(model, *dp_group, r.use_distributed_optimizer,
-                                              r.ddp_bucket_size)
+                                              r.ddp_bucket_size,
+                                              ep > 1 ? expert_dp_group.get() : nullptr)
              : nullptr;
   const OptimizerSettings settings{r.adam_beta1, r.adam_beta2, r.adam_eps, r.weight_decay,
                                    r.clip_grad};
   const ParamSet* masters_from = full_precision.names().empty() ? nullptr : &full_precision;
-  Optimizer optimizer = ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from,
-                                        ddp->norm_group(), model.tensor_parallel_group())
-                            : Optimizer(model, settings, masters_from);
+  Optimizer optimizer =
+      ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from, ddp->norm_groups())
+          : Optimizer(model, settings, masters_from);
   full_precision = ParamSet();  // the masters hold these values now
   if (!ckpt.empty())
     load_optimizer_state(ckpt, optimizer, model.full_config(), tp_group->rank(), tp);
@@ -285,8 +297,9 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     out.checkpoint = save_checkpoint(
         r.out, step,
         {model, optimizer, s, recipe_yaml, tok_file, r.init_from,
-         world->size() > 1 ? world.get() : nullptr, tp > 1 || (ddp && ddp->distributed_optimizer()),
-         dp_group->rank() == 0, tp_group->rank(), tp},
+         world->size() > 1 ? world.get() : nullptr, tp > 1 || ep > 1 || r.use_distributed_optimizer,
+         ddp && ddp->distributed_optimizer(), dp_group->rank() < ep, dp_group->rank() == 0,
+         tp_group->rank(), tp},
         r.keep_last);
   };
 
@@ -386,7 +399,9 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
     if (val_stream && step % r.eval_interval == 0) {
       val_stream->restore(val_start);
       const double val_loss =
-          mean_loss(model, *val_stream, r, r.eval_iters, ddp ? dp_group.get() : nullptr);
+          // Under expert parallelism every rank evaluates every batch: the expert group's ranks
+          // must run the same forwards.
+          mean_loss(model, *val_stream, r, r.eval_iters, ddp && ep == 1 ? dp_group.get() : nullptr);
       if (metrics) metrics->log_validation(step, val_loss);
     }
     // A signal to any rank stops them all at the same step.
@@ -406,8 +421,8 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   out.tokens_per_s = wall > 0 ? double(run_tokens) / wall : 0;
 
-  // Generation runs on a whole model (tensor-parallel shards would need the others).
-  if (!r.sample_prompt.empty() && !quiet && !out.interrupted && tp == 1) {
+  // Generation runs on a whole model (tensor- and expert-parallel shards would need the others).
+  if (!r.sample_prompt.empty() && !quiet && !out.interrupted && tp == 1 && ep == 1) {
     GenerationRequest q;
     q.prompt = tokenizer.encode(r.sample_prompt, false);
     q.sampling.temperature = 0;

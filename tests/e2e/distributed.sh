@@ -7,10 +7,13 @@
 #     single process's losses;
 #   - tensor-parallel checkpoints resume at their own tensor-parallel size and at another one
 #     (2 ranks with the distributed optimizer onto 1 process, 1 process onto 2 ranks);
+#   - expert parallelism over 2 ranks, and with the distributed optimizer over 4, log the
+#     single process's losses on the MoE model, and resume across expert-parallel sizes;
 #   - a world the recipe's batch does not divide, and layouts not built, stop before any work.
 # Losses are compared at 1e-5 relative: the ranks add the same gradients in another order.
 set -euo pipefail
 bin=$1
+src=$2
 command -v mpiexec >/dev/null || { echo "no mpiexec: skipped"; exit 77; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
@@ -64,6 +67,14 @@ from_step3 "$tmp/tp2-zero2" "$tmp/tp2-zero2-again"
 train 4 "$tmp/tp2-zero2-again" --resume --set tensor_model_parallel_size=2 \
   --set use_distributed_optimizer=true
 same_losses "$tmp/tp2-zero2-again" "$tmp/one"
+# Tensor and data parallel without the distributed optimizer: only the first data-parallel rank
+# writes its shard's state.
+train 4 "$tmp/tp2-dp2" --set tensor_model_parallel_size=2
+same_losses "$tmp/tp2-dp2" "$tmp/one"
+from_step3 "$tmp/tp2-dp2" "$tmp/tp2-dp2-on-1"
+train 1 "$tmp/tp2-dp2-on-1" --resume
+same_losses "$tmp/tp2-dp2-on-1" "$tmp/one"
+
 # Another tensor-parallel size: the optimizer state is split again.
 from_step3 "$tmp/tp2-zero2" "$tmp/tp2-zero2-on-1"
 train 1 "$tmp/tp2-zero2-on-1" --resume
@@ -80,6 +91,23 @@ train 4 "$tmp/one-on-4" --resume --set use_distributed_optimizer=true
 same_losses "$tmp/one-on-4" "$tmp/one"
 ls "$tmp/one-on-4/checkpoints/step-00000006/training_state-00003-of-00004.safetensors" >/dev/null
 
+# Expert parallelism on the MoE preset, with the first run's vocabulary.
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["vocab_size"] = 264
+json.dump(c, open(sys.argv[2], "w"))' "$src/configs/models/tiny-moe.json" "$tmp/moe.json"
+moe=(--set "model=$tmp/moe.json")
+train 1 "$tmp/moe-one" "${moe[@]}"
+train 2 "$tmp/moe-ep2" "${moe[@]}" --set expert_model_parallel_size=2
+same_losses "$tmp/moe-ep2" "$tmp/moe-one"
+train 4 "$tmp/moe-ep2-zero" "${moe[@]}" --set expert_model_parallel_size=2 \
+  --set use_distributed_optimizer=true
+same_losses "$tmp/moe-ep2-zero" "$tmp/moe-one"
+from_step3 "$tmp/moe-ep2-zero" "$tmp/moe-ep2-zero-on-1"
+train 1 "$tmp/moe-ep2-zero-on-1" "${moe[@]}" --resume
+same_losses "$tmp/moe-ep2-zero-on-1" "$tmp/moe-one"
+from_step3 "$tmp/moe-one" "$tmp/moe-one-on-ep2"
+train 2 "$tmp/moe-one-on-ep2" "${moe[@]}" --resume --set expert_model_parallel_size=2
+same_losses "$tmp/moe-one-on-ep2" "$tmp/moe-one"
+
 # Layouts that cannot run: one line naming the key, nothing trained.
 expect_error() {  # expect_error KEY RANKS ARGS...
   local key=$1 ranks=$2
@@ -95,5 +123,5 @@ expect_error() {  # expect_error KEY RANKS ARGS...
 expect_error global_batch_size 3
 expect_error tensor_model_parallel_size 2 --set tensor_model_parallel_size=3
 expect_error sequence_parallel 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true
-expect_error expert_model_parallel_size 1 --set expert_model_parallel_size=2
+expect_error expert_model_parallel_size 2 "${moe[@]}" --set expert_model_parallel_size=4
 echo "distributed: all checks passed"
