@@ -81,8 +81,8 @@ struct Recipe {
   bool load_in_8bit = false;
 
   // Parallel layout (Megatron's names; docs/DISTRIBUTED.md). The data-parallel size is the
-  // world size over the tensor-parallel size. Sequence and expert parallelism are not built
-  // yet and are rejected with a clear error.
+  // world size over the tensor-parallel size; expert groups are made of data-parallel ranks.
+  // Sequence parallelism is not built yet and is rejected with a clear error.
   int64_t tensor_model_parallel_size = 1;
   bool sequence_parallel = false;
   int64_t expert_model_parallel_size = 1;
