@@ -246,8 +246,12 @@ TEST_F(RecipeFile, ParallelLayoutKeysKeepMegatronNamesAndRejectWhatIsNotBuilt) {
   EXPECT_EQ(r.tensor_model_parallel_size, 2);
   EXPECT_TRUE(r.use_distributed_optimizer);
   EXPECT_EQ(r.ddp_bucket_size, 1000);
-  expect_names(error_of("max_steps: 10\nexpert_model_parallel_size: 2\n"),
-               {"r.yaml", "expert_model_parallel_size", "not built yet"});
+  EXPECT_EQ(load_recipe(write("max_steps: 10\nexpert_model_parallel_size: 4\n"), {})
+                .expert_model_parallel_size,
+            4);
+  expect_names(error_of("max_steps: 10\nexpert_model_parallel_size: 2\nadapter: lora\n"
+                        "init_from: somewhere\n"),
+               {"r.yaml", "expert_model_parallel_size", "adapter"});
   expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 2\nsequence_parallel: true\n"),
                {"sequence_parallel", "not built yet"});
   expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 0\n"),
