@@ -11,12 +11,18 @@
 #    tensor parallel over 2 GPUs with two micro-batches per step. OUT/throughput.txt gives
 #    tokens/s per GPU (median over the steps after the first two), the scaling efficiency against
 #    1 GPU and the peak memory per GPU.
+# 3. Experts: the tiny MoE model on 1 GPU and with expert parallelism over 2 (agreement), and a
+#    slice of Nemotron 3 Nano 30B-A3B (`MEM*E`: two MoE layers of 128 experts) on 1 GPU and
+#    with EP = 2 (throughput), written to OUT/moe.txt.
+# PARTS (default "nccl agreement slice moe") picks the parts to run.
 set -euo pipefail
 bundle=${1:-gpu-bundle}
 out=${2:-dist-results}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off
 port=29611
+parts=" ${PARTS:-nccl agreement slice moe} "
+want() { [[ "$parts" == *" $1 "* ]]; }
 
 # per_gpu GPUS LOG PROGRAM ARGS...: one process per GPU; fails when any rank fails.
 per_gpu() {
@@ -39,12 +45,15 @@ launch() {
   per_gpu "$n" "$dir" nemotronh train --out "$dir" "$@"
 }
 
-per_gpu 2 "$out/nccl-test" tests/nemotronh-test-nccl
-grep -h "PASSED\|FAILED" "$out"/nccl-test.rank*.out | tee "$out/nccl-test.txt"
+if want nccl; then
+  per_gpu 2 "$out/nccl-test" tests/nemotronh-test-nccl
+  grep -h "PASSED\|FAILED" "$out"/nccl-test.rank*.out | tee "$out/nccl-test.txt"
+fi
 
 tiny=(--set device=cuda --set precision=bf16 --set max_steps=20 --set warmup_steps=2
   --set global_batch_size=8 --set micro_batch_size=2 --set eval_interval=0 --set log_interval=1
   --set sample_prompt=)
+if want agreement; then
 launch 1 "$out/tiny-1gpu" "${tiny[@]}"
 launch 2 "$out/tiny-2gpu" "${tiny[@]}"
 launch 2 "$out/tiny-2gpu-zero" "${tiny[@]}" --set use_distributed_optimizer=true
@@ -61,11 +70,13 @@ for run in ("tiny-2gpu", "tiny-2gpu-zero", "tiny-2gpu-tp2"):
     print(f"{run}: {len(got)} steps, worst relative loss difference to 1 GPU {worst:.2e}")
 print("1 GPU losses:", " ".join(f"{x:.4f}" for x in ref))
 PY
+fi
 
 slice=(--set device=cuda --set precision=bf16 --set model=nemotron-h-8b
   --set hybrid_override_pattern=M-M-M-M*- --set seq_length=8192 --set micro_batch_size=1
   --set max_steps=8 --set warmup_steps=1 --set eval_interval=0 --set log_interval=1
   --set sample_prompt= --set keep_last=1 --set lr=3e-4 --set min_lr=3e-5)
+if want slice; then
 # Each run ends with a checkpoint of about 31 GB (bf16 weights, fp32 masters and moments): the
 # script keeps its step timings and drops it.
 launch 1 "$out/slice-1gpu" "${slice[@]}" --set global_batch_size=2
@@ -93,3 +104,39 @@ for name in ("slice-2gpu", "slice-2gpu-zero", "slice-2gpu-tp2"):
     print(f"{name}: {per_gpu:.0f} tokens/s per GPU, {s * 1e3:.0f} ms/step, "
           f"scaling efficiency {per_gpu / base:.1%}, peak {mem:.1f} GiB (rank 0)")
 PY
+fi
+
+if want moe; then
+  python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["vocab_size"] = 264
+json.dump(c, open(sys.argv[2], "w"))' configs/models/tiny-moe.json "$out/tiny-moe.json"
+  launch 1 "$out/moe-tiny-1gpu" "${tiny[@]}" --set model="$out/tiny-moe.json"
+  launch 2 "$out/moe-tiny-ep2" "${tiny[@]}" --set model="$out/tiny-moe.json" \
+    --set expert_model_parallel_size=2
+  moe=(--set device=cuda --set precision=bf16 --set model=nemotron-3-nano-30b-a3b
+    --set hybrid_override_pattern='MEM*E' --set seq_length=8192 --set micro_batch_size=1
+    --set max_steps=8 --set warmup_steps=1 --set eval_interval=0 --set log_interval=1
+    --set sample_prompt= --set keep_last=1 --set lr=3e-4 --set min_lr=3e-5)
+  launch 1 "$out/moe-slice-1gpu" "${moe[@]}" --set global_batch_size=2
+  rm -rf "$out/moe-slice-1gpu/checkpoints"
+  launch 2 "$out/moe-slice-ep2" "${moe[@]}" --set global_batch_size=4 \
+    --set expert_model_parallel_size=2
+  rm -rf "$out/moe-slice-ep2/checkpoints"
+  python3 - "$out" <<'PY' | tee "$out/moe.txt"
+import json, statistics, sys
+out = sys.argv[1]
+def steps(name):
+    return [j for j in map(json.loads, open(f"{out}/{name}/metrics.jsonl")) if "loss" in j]
+a, b = steps("moe-tiny-1gpu"), steps("moe-tiny-ep2")
+worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(b, a))
+print(f"moe-tiny-ep2: {len(b)} steps, worst relative loss difference to 1 GPU {worst:.2e}")
+def run(name, gpus):
+    s = steps(name)[2:]
+    tps = statistics.median(j["tokens"] / j["seconds"] for j in s) / gpus
+    return tps, statistics.median(j["seconds"] for j in s), max(j.get("gpu_memory_peak_gib", 0) for j in steps(name))
+base, base_s, base_mem = run("moe-slice-1gpu", 1)
+print(f"moe-slice-1gpu: {base:.0f} tokens/s per GPU, {base_s * 1e3:.0f} ms/step, peak {base_mem:.1f} GiB")
+tps, s, mem = run("moe-slice-ep2", 2)
+print(f"moe-slice-ep2: {tps:.0f} tokens/s per GPU, {s * 1e3:.0f} ms/step, "
+      f"scaling efficiency {tps / base:.1%}, peak {mem:.1f} GiB (rank 0)")
+PY
+fi
