@@ -320,7 +320,9 @@ void expect_experts_match_cpu(int64_t n_tokens, int64_t dim, int64_t inter, int6
   EXPECT_EQ(ints(cache.expert_offsets), ints(cpu_cache.expert_offsets));
   EXPECT_EQ(ints(cache.row_source), ints(cpu_cache.row_source));
   EXPECT_EQ(ints(cache.row_of), ints(cpu_cache.row_of));
-  expect_close(what + " cache.pre", cache.pre, cpu_cache.pre, tol);
+  // The rows of pairs computed here (other ranks' pairs leave theirs unwritten).
+  const int64_t here = ints(cpu_cache.expert_offsets).back();
+  expect_close(what + " cache.pre", cache.pre.slice0(0, here), cpu_cache.pre.slice0(0, here), tol);
 
   Tensor dh_gpu = to_gpu(random_cpu(in.h.shape(), seed + 9), dtype);
   Tensor dtopk_gpu = to_gpu(random_cpu(in.w.shape(), seed + 10), dtype);
