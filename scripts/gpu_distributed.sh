@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Data parallelism on the GPUs of one machine through NCCL, one process per GPU started with
-# torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
+# Data, tensor and expert parallelism on the GPUs of one machine through NCCL, one process per
+# GPU started with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
 #   bash scripts/gpu_distributed.sh [BUNDLE] [OUT]     (BUNDLE from scripts/gpu_bundle.sh)
 # 0. The communicator tests through NCCL (tests/mpi/communicator_test.cpp as nemotronh-test-nccl).
 # 1. Agreement: the first run's model in bf16 on 1 GPU and on 2 GPUs (data parallel, plain and
@@ -50,26 +50,23 @@ if want nccl; then
   grep -h "PASSED\|FAILED" "$out"/nccl-test.rank*.out | tee "$out/nccl-test.txt"
 fi
 
+# timed GPUS RUN ARGS...: a throughput run; each ends with a checkpoint (31 GB for the 8B-width
+# slice: bf16 weights, fp32 masters and moments), dropped once written.
+timed() {
+  launch "$@"
+  rm -rf "$2/checkpoints"
+}
+
 tiny=(--set device=cuda --set precision=bf16 --set max_steps=20 --set warmup_steps=2
   --set global_batch_size=8 --set micro_batch_size=2 --set eval_interval=0 --set log_interval=1
   --set sample_prompt=)
 if want agreement; then
-launch 1 "$out/tiny-1gpu" "${tiny[@]}"
-launch 2 "$out/tiny-2gpu" "${tiny[@]}"
-launch 2 "$out/tiny-2gpu-zero" "${tiny[@]}" --set use_distributed_optimizer=true
-launch 2 "$out/tiny-2gpu-tp2" "${tiny[@]}" --set tensor_model_parallel_size=2
-python3 - "$out" <<'PY' | tee "$out/agreement.txt"
-import json, sys
-out = sys.argv[1]
-def losses(run):
-    return [j["loss"] for j in map(json.loads, open(f"{out}/{run}/metrics.jsonl")) if "loss" in j]
-ref = losses("tiny-1gpu")
-for run in ("tiny-2gpu", "tiny-2gpu-zero", "tiny-2gpu-tp2"):
-    got = losses(run)
-    worst = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
-    print(f"{run}: {len(got)} steps, worst relative loss difference to 1 GPU {worst:.2e}")
-print("1 GPU losses:", " ".join(f"{x:.4f}" for x in ref))
-PY
+  launch 1 "$out/tiny-1gpu" "${tiny[@]}"
+  launch 2 "$out/tiny-2gpu" "${tiny[@]}"
+  launch 2 "$out/tiny-2gpu-zero" "${tiny[@]}" --set use_distributed_optimizer=true
+  launch 2 "$out/tiny-2gpu-tp2" "${tiny[@]}" --set tensor_model_parallel_size=2
+  python3 tools/dist_summary.py agreement "$out" tiny-1gpu tiny-2gpu tiny-2gpu-zero \
+    tiny-2gpu-tp2 | tee "$out/agreement.txt"
 fi
 
 slice=(--set device=cuda --set precision=bf16 --set model=nemotron-h-8b
@@ -77,33 +74,14 @@ slice=(--set device=cuda --set precision=bf16 --set model=nemotron-h-8b
   --set max_steps=8 --set warmup_steps=1 --set eval_interval=0 --set log_interval=1
   --set sample_prompt= --set keep_last=1 --set lr=3e-4 --set min_lr=3e-5)
 if want slice; then
-# Each run ends with a checkpoint of about 31 GB (bf16 weights, fp32 masters and moments): the
-# script keeps its step timings and drops it.
-launch 1 "$out/slice-1gpu" "${slice[@]}" --set global_batch_size=2
-rm -rf "$out/slice-1gpu/checkpoints"
-launch 2 "$out/slice-2gpu" "${slice[@]}" --set global_batch_size=4
-rm -rf "$out/slice-2gpu/checkpoints"
-launch 2 "$out/slice-2gpu-zero" "${slice[@]}" --set global_batch_size=4 \
-  --set use_distributed_optimizer=true
-rm -rf "$out/slice-2gpu-zero/checkpoints"
-launch 2 "$out/slice-2gpu-tp2" "${slice[@]}" --set global_batch_size=2 \
-  --set tensor_model_parallel_size=2
-rm -rf "$out/slice-2gpu-tp2/checkpoints"
-python3 - "$out" <<'PY' | tee "$out/throughput.txt"
-import json, statistics, sys
-out = sys.argv[1]
-def run(name, gpus):
-    steps = [j for j in map(json.loads, open(f"{out}/{name}/metrics.jsonl")) if "loss" in j]
-    tps = statistics.median(j["tokens"] / j["seconds"] for j in steps[2:])
-    mem = max(j.get("gpu_memory_peak_gib", 0) for j in steps)
-    return tps / gpus, mem, statistics.median(j["seconds"] for j in steps[2:])
-base, base_mem, base_s = run("slice-1gpu", 1)
-print(f"slice-1gpu: {base:.0f} tokens/s per GPU, {base_s * 1e3:.0f} ms/step, peak {base_mem:.1f} GiB")
-for name in ("slice-2gpu", "slice-2gpu-zero", "slice-2gpu-tp2"):
-    per_gpu, mem, s = run(name, 2)
-    print(f"{name}: {per_gpu:.0f} tokens/s per GPU, {s * 1e3:.0f} ms/step, "
-          f"scaling efficiency {per_gpu / base:.1%}, peak {mem:.1f} GiB (rank 0)")
-PY
+  timed 1 "$out/slice-1gpu" "${slice[@]}" --set global_batch_size=2
+  timed 2 "$out/slice-2gpu" "${slice[@]}" --set global_batch_size=4
+  timed 2 "$out/slice-2gpu-zero" "${slice[@]}" --set global_batch_size=4 \
+    --set use_distributed_optimizer=true
+  timed 2 "$out/slice-2gpu-tp2" "${slice[@]}" --set global_batch_size=2 \
+    --set tensor_model_parallel_size=2
+  python3 tools/dist_summary.py throughput "$out" slice-1gpu slice-2gpu slice-2gpu-zero \
+    slice-2gpu-tp2 | tee "$out/throughput.txt"
 fi
 
 if want moe; then
@@ -112,31 +90,12 @@ json.dump(c, open(sys.argv[2], "w"))' configs/models/tiny-moe.json "$out/tiny-mo
   launch 1 "$out/moe-tiny-1gpu" "${tiny[@]}" --set model="$out/tiny-moe.json"
   launch 2 "$out/moe-tiny-ep2" "${tiny[@]}" --set model="$out/tiny-moe.json" \
     --set expert_model_parallel_size=2
-  moe=(--set device=cuda --set precision=bf16 --set model=nemotron-3-nano-30b-a3b
-    --set hybrid_override_pattern='MEM*E' --set seq_length=8192 --set micro_batch_size=1
-    --set max_steps=8 --set warmup_steps=1 --set eval_interval=0 --set log_interval=1
-    --set sample_prompt= --set keep_last=1 --set lr=3e-4 --set min_lr=3e-5)
-  launch 1 "$out/moe-slice-1gpu" "${moe[@]}" --set global_batch_size=2
-  rm -rf "$out/moe-slice-1gpu/checkpoints"
-  launch 2 "$out/moe-slice-ep2" "${moe[@]}" --set global_batch_size=4 \
+  moe=("${slice[@]}" --set model=nemotron-3-nano-30b-a3b --set hybrid_override_pattern='MEM*E')
+  timed 1 "$out/moe-slice-1gpu" "${moe[@]}" --set global_batch_size=2
+  timed 2 "$out/moe-slice-ep2" "${moe[@]}" --set global_batch_size=4 \
     --set expert_model_parallel_size=2
-  rm -rf "$out/moe-slice-ep2/checkpoints"
-  python3 - "$out" <<'PY' | tee "$out/moe.txt"
-import json, statistics, sys
-out = sys.argv[1]
-def steps(name):
-    return [j for j in map(json.loads, open(f"{out}/{name}/metrics.jsonl")) if "loss" in j]
-a, b = steps("moe-tiny-1gpu"), steps("moe-tiny-ep2")
-worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(b, a))
-print(f"moe-tiny-ep2: {len(b)} steps, worst relative loss difference to 1 GPU {worst:.2e}")
-def run(name, gpus):
-    s = steps(name)[2:]
-    tps = statistics.median(j["tokens"] / j["seconds"] for j in s) / gpus
-    return tps, statistics.median(j["seconds"] for j in s), max(j.get("gpu_memory_peak_gib", 0) for j in steps(name))
-base, base_s, base_mem = run("moe-slice-1gpu", 1)
-print(f"moe-slice-1gpu: {base:.0f} tokens/s per GPU, {base_s * 1e3:.0f} ms/step, peak {base_mem:.1f} GiB")
-tps, s, mem = run("moe-slice-ep2", 2)
-print(f"moe-slice-ep2: {tps:.0f} tokens/s per GPU, {s * 1e3:.0f} ms/step, "
-      f"scaling efficiency {tps / base:.1%}, peak {mem:.1f} GiB (rank 0)")
-PY
+  {
+    python3 tools/dist_summary.py agreement "$out" moe-tiny-1gpu moe-tiny-ep2
+    python3 tools/dist_summary.py throughput "$out" moe-slice-1gpu moe-slice-ep2
+  } | tee "$out/moe.txt"
 fi
