@@ -30,6 +30,11 @@ bool is_expert(const std::string& name) {
   return name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj");
 }
 
+// The model's trainable tensor `name`: the adapter's when one is attached.
+const Tensor& trainable_tensor(const Model& model, const std::string& name) {
+  return model.has_adapter() ? model.adapter().params.at(name) : model.params().at(name);
+}
+
 }  // namespace
 
 NormKind norm_kind(const Model& model, const std::string& name) {
@@ -40,13 +45,13 @@ NormKind norm_kind(const Model& model, const std::string& name) {
 }
 
 int64_t whole_numel(const Model& model, const std::string& name) {
-  const int64_t n = model.params().at(name).numel();
+  const int64_t n = trainable_tensor(model, name).numel();
   return norm_kind(model, name) == NormKind::Expert ? n * model.expert_parallel_group()->size() : n;
 }
 
 int64_t whole_offset(const Model& model, const std::string& name) {
   return norm_kind(model, name) == NormKind::Expert
-             ? model.params().at(name).numel() * model.expert_parallel_group()->rank()
+             ? trainable_tensor(model, name).numel() * model.expert_parallel_group()->rank()
              : 0;
 }
 
