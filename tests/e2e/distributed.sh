@@ -7,6 +7,8 @@
 #     single process's losses;
 #   - tensor-parallel checkpoints resume at their own tensor-parallel size and at another one
 #     (2 ranks with the distributed optimizer onto 1 process, 1 process onto 2 ranks);
+#   - a LoRA adapter with the distributed optimizer over 2 ranks logs the single process's
+#     losses;
 #   - expert parallelism over 2 ranks, and with the distributed optimizer over 4, log the
 #     single process's losses on the MoE model, and resume across expert-parallel sizes;
 #   - a world the recipe's batch does not divide, and layouts not built, stop before any work.
@@ -90,6 +92,13 @@ from_step3 "$tmp/one" "$tmp/one-on-4"
 train 4 "$tmp/one-on-4" --resume --set use_distributed_optimizer=true
 same_losses "$tmp/one-on-4" "$tmp/one"
 ls "$tmp/one-on-4/checkpoints/step-00000006/training_state-00003-of-00004.safetensors" >/dev/null
+
+# A LoRA adapter on the single run's model, with the distributed optimizer over 2 ranks.
+lora=(--set adapter=lora --set "init_from=$tmp/one/checkpoints/step-00000006" --set lora_dropout=0
+  --set lora_target_linear=true)
+train 1 "$tmp/lora-one" "${lora[@]}"
+train 2 "$tmp/lora-zero2" "${lora[@]}" --set use_distributed_optimizer=true
+same_losses "$tmp/lora-zero2" "$tmp/lora-one"
 
 # Expert parallelism on the MoE preset, with the first run's vocabulary.
 python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["vocab_size"] = 264
