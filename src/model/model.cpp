@@ -109,6 +109,29 @@ void Model::shard_tensor_parallel(Communicator& group) {
   bind();
 }
 
+void Model::set_sequence_parallel(bool on) {
+  NH_CHECK(!on || tp_, "sequence parallelism needs tensor parallelism");
+  sp_ = on;
+}
+
+Tensor Model::my_rows(const Tensor& all) const {
+  const int64_t rows = all.size(0) / tp_->size();
+  return all.slice0(rows * tp_->rank(), rows * (tp_->rank() + 1));
+}
+
+Tensor Model::all_rows(const Tensor& mine) const {
+  Shape shape = mine.shape();
+  shape[0] *= tp_->size();
+  Tensor all = Tensor::empty({mine.numel() * tp_->size()}, mine.dtype(), mine.device());
+  tp_->all_gather(mine.reshape({mine.numel()}), all);
+  return all.reshape(shape);
+}
+
+void Model::sum_sequence_parallel_grad(const std::string& name) {
+  if (!sp_ || !final_backward_ || !grads_.has(name)) return;
+  tp_->all_reduce(grads_.at(name));
+}
+
 void Model::shard_experts(Communicator& group) {
   NH_CHECK(!has_adapter() && weights_.quantized.empty() && device() == Device::CPU && !ep_,
            "shard_experts: a whole model on the CPU, with no adapter");
@@ -372,31 +395,58 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
   ids_ = ids.to(dev);
   targets_ = targets.defined() ? targets.to(dev) : targets;
   const int64_t t = batch_.tokens();
+  if (sp_ && t % tp_->size() != 0)
+    throw Error("recipe", "sequence_parallel",
+                "a batch whose tokens divide by tensor_model_parallel_size " +
+                    std::to_string(tp_->size()),
+                std::to_string(t) + " tokens");
+  if (sp_ && logits.defined())
+    throw Error("model", "logits", "none under sequence parallelism (the loss only)", "asked for");
+  // Under sequence parallelism the residual stream holds this rank's tokens only.
+  const int64_t mine = sp_ ? t / tp_->size() : t;
 
   Tensor h = Tensor::empty({t, d}, dt, dev);
   embedding_forward(ids_, emb, h);
+  if (sp_) h = my_rows(h).clone();
   const size_t n = mixers_.size();
   resid_.assign(n, Tensor());
   normed_.assign(n, Tensor());
   rstd_.assign(n, Tensor());
   for (size_t l = 0; l < n; ++l) {
     resid_[l] = h.clone();
-    normed_[l] = Tensor::empty({t, d}, dt, dev);
-    rstd_[l] = Tensor::empty({t}, stats_dtype(dt), dev);
+    Tensor normed = Tensor::empty({mine, d}, dt, dev);
+    rstd_[l] = Tensor::empty({mine}, stats_dtype(dt), dev);
     rmsnorm_forward(h, weights_.params.at("layers." + std::to_string(l) + ".norm.weight"),
-                    config_.layer_norm_epsilon, normed_[l], rstd_[l]);
+                    config_.layer_norm_epsilon, normed, rstd_[l]);
+    normed_[l] = sp_ ? all_rows(normed) : normed;  // the layer sees every token
     Tensor out = Tensor::empty({t, d}, dt, dev);
     mixers_[l]->forward(normed_[l], batch_, out);
-    if (tp_ && config_.layers[l] != LayerKind::Moe) tp_->all_reduce(out);  // partial sums
+    const bool split = tp_ && config_.layers[l] != LayerKind::Moe;
+    if (split && sp_) {
+      Tensor summed = Tensor::empty({mine, d}, dt, dev);
+      tp_->reduce_scatter(out, summed);  // this rank's tokens of the partial sums
+      out = summed;
+    } else if (split) {
+      tp_->all_reduce(out);  // partial sums
+    } else if (sp_) {
+      out = my_rows(out);
+    }
     if (recompute_[l]) mixers_[l]->release();
     add_inplace(h, out);
   }
   final_in_ = h;
-  final_normed_ = Tensor::empty({t, d}, dt, dev);
-  final_rstd_ = Tensor::empty({t}, stats_dtype(dt), dev);
+  final_normed_ = Tensor::empty({mine, d}, dt, dev);
+  final_rstd_ = Tensor::empty({mine}, stats_dtype(dt), dev);
   rmsnorm_forward(h, weights_.params.at("norm_f.weight"), config_.layer_norm_epsilon,
                   final_normed_, final_rstd_);
-  return head_logits(final_normed_, targets_.defined() ? targets_.reshape({t}) : Tensor(), logits);
+  Tensor labels = targets_.defined() ? targets_.reshape({t}) : Tensor();
+  if (sp_ && labels.defined()) labels = my_rows(labels);
+  LossSum loss = head_logits(final_normed_, labels, logits);
+  if (sp_) {  // each rank scored its own tokens
+    loss.sum = tp_->all_reduce(loss.sum);
+    loss.count = int64_t(tp_->all_reduce(double(loss.count)));
+  }
+  return loss;
 }
 
 LossSum Model::head_logits(const Tensor& normed, const Tensor& labels, Tensor& logits) const {
@@ -430,36 +480,50 @@ void Model::backward(double grad_scale) {
   const DType dt = emb.dtype();
   const Device dev = emb.device();
   const int64_t t = batch_.tokens(), d = config_.hidden_size;
+  const int64_t mine = sp_ ? t / tp_->size() : t;  // the residual stream's tokens here
 
-  Tensor dfinal = Tensor::empty({t, d}, dt, dev);
+  Tensor dfinal = Tensor::empty({mine, d}, dt, dev);
   const std::string head = weights_.tied_head ? "embeddings.weight" : "lm_head.weight";
   Tensor dhead = grads_.has(head) ? grads_.at(head) : Tensor();
-  lm_head_loss_backward(final_normed_, head_weight(), targets_.reshape({t}), grad_scale, dfinal,
-                        dhead);
-  Tensor dh = Tensor::empty({t, d}, dt, dev);
+  const Tensor labels = sp_ ? my_rows(targets_.reshape({t})) : targets_.reshape({t});
+  lm_head_loss_backward(final_normed_, head_weight(), labels, grad_scale, dfinal, dhead);
+  Tensor dh = Tensor::empty({mine, d}, dt, dev);
   Tensor dnorm_f = grads_.at("norm_f.weight");
   rmsnorm_backward(final_in_, weights_.params.at("norm_f.weight"), final_rstd_, dfinal, dh,
                    dnorm_f);
+  sum_sequence_parallel_grad("norm_f.weight");
+  if (!weights_.tied_head) sum_sequence_parallel_grad("lm_head.weight");
   if (grads_ready_) grads_ready_(int(mixers_.size()));
 
-  Tensor dnormed = Tensor::empty({t, d}, dt, dev), dx = Tensor::empty({t, d}, dt, dev);
+  Tensor dnormed = Tensor::empty({t, d}, dt, dev), dx = Tensor::empty({mine, d}, dt, dev);
   for (size_t l = mixers_.size(); l-- > 0;) {
     const std::string norm = "layers." + std::to_string(l) + ".norm.weight";
     if (recompute_[l]) {
       Tensor again = Tensor::empty({t, d}, dt, dev);
       mixers_[l]->forward(normed_[l], batch_, again);
     }
-    mixers_[l]->backward(dh, dnormed);
-    if (tp_ && config_.layers[l] != LayerKind::Moe) tp_->all_reduce(dnormed);
+    mixers_[l]->backward(sp_ ? all_rows(dh) : dh, dnormed);
+    const bool split = tp_ && config_.layers[l] != LayerKind::Moe;
+    Tensor dnormed_mine = dnormed;
+    if (split && sp_) {
+      dnormed_mine = Tensor::empty({mine, d}, dt, dev);
+      tp_->reduce_scatter(dnormed, dnormed_mine);
+    } else if (split) {
+      tp_->all_reduce(dnormed);
+    } else if (sp_) {
+      dnormed_mine = my_rows(dnormed);
+    }
     Tensor dnorm_w = grads_.at(norm);
-    rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed, dx, dnorm_w);
+    rmsnorm_backward(resid_[l], weights_.params.at(norm), rstd_[l], dnormed_mine, dx, dnorm_w);
+    sum_sequence_parallel_grad(norm);
     add_inplace(dh, dx);
     resid_[l] = normed_[l] = rstd_[l] = Tensor();
     if (grads_ready_) grads_ready_(int(l));
   }
   if (grads_.has("embeddings.weight")) {
     Tensor demb = grads_.at("embeddings.weight");
-    embedding_backward(ids_, dh, demb);
+    embedding_backward(sp_ ? my_rows(ids_.reshape({t})) : ids_, dh, demb);
+    sum_sequence_parallel_grad("embeddings.weight");
   }
   if (grads_ready_) grads_ready_(-1);
   final_in_ = final_normed_ = final_rstd_ = Tensor();

@@ -126,6 +126,15 @@ class Model {
   // the group. An impossible split is an Error naming the config field.
   void shard_tensor_parallel(Communicator& group);
   Communicator* tensor_parallel_group() const { return tp_; }
+  // Sequence parallelism (Megatron's, with tensor parallelism): between the split layers the
+  // residual stream, the norms and the LM head + loss work on this rank's 1/n of the tokens;
+  // each layer's input is all-gathered and its partial output reduce-scattered instead of
+  // all-reduced. The gradients of the tensors every rank holds whole (norms, embedding, LM head)
+  // are then partial sums, summed over the group during the step's last backward
+  // (set_final_backward). The batch's tokens must divide by n.
+  void set_sequence_parallel(bool on);
+  // Whether the next backward is the step's last micro-batch (default true).
+  void set_final_backward(bool final) { final_backward_ = final; }
   // Expert parallelism: keeps experts [r·E/n, (r+1)·E/n) of every MoE layer on rank r of the n
   // ranks of `group` (data-parallel ranks, each with its own tokens). Each MoE layer gathers the
   // group's tokens, runs its experts on those routed to them, and sums the outputs back
@@ -181,6 +190,13 @@ class Model {
   std::vector<bool> recompute_;
   std::function<void(int)> grads_ready_;
   Communicator* tp_ = nullptr;
+  bool sp_ = false, final_backward_ = true;
+  // Sequence parallelism: this rank's rows of a [tokens, ·] tensor, and the whole of it.
+  Tensor my_rows(const Tensor& all) const;
+  Tensor all_rows(const Tensor& mine) const;
+  // Sums a gradient of a whole tensor over the tensor-parallel group at the step's last
+  // backward, under sequence parallelism.
+  void sum_sequence_parallel_grad(const std::string& name);
   Communicator* ep_ = nullptr;
   ModelConfig full_config_;
   // Saved activations: residual input, its norm and 1/rms per layer; the final stream.

@@ -368,8 +368,6 @@ class RecipeReader {
     positive(r.tensor_model_parallel_size, "tensor_model_parallel_size");
     positive(r.expert_model_parallel_size, "expert_model_parallel_size");
     positive(r.ddp_bucket_size, "ddp_bucket_size");
-    need(!r.sequence_parallel, "sequence_parallel",
-         "false (sequence parallelism is not built yet; tensor parallelism is)", "true");
     need(r.expert_model_parallel_size == 1 || r.adapter.empty(), "expert_model_parallel_size",
          "1 with an adapter (expert parallelism trains whole models for now)",
          std::to_string(r.expert_model_parallel_size));

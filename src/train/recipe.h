@@ -82,7 +82,8 @@ struct Recipe {
 
   // Parallel layout (Megatron's names; docs/DISTRIBUTED.md). The data-parallel size is the
   // world size over the tensor-parallel size; expert groups are made of data-parallel ranks.
-  // Sequence parallelism is not built yet and is rejected with a clear error.
+  // Sequence parallelism applies with tensor parallelism (as in Megatron, it has no effect
+  // without).
   int64_t tensor_model_parallel_size = 1;
   bool sequence_parallel = false;
   int64_t expert_model_parallel_size = 1;

@@ -217,6 +217,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
                 "at most the model's vocab_size " + std::to_string(model.config().vocab_size),
                 std::to_string(tokenizer.vocab_size()) + " tokens");
   if (tp > 1) model.shard_tensor_parallel(*tp_group);
+  if (tp > 1 && r.sequence_parallel) model.set_sequence_parallel(true);
   if (ep > 1) model.shard_experts(*ep_group);
   if (!ckpt.empty()) restore_masters(ckpt, model, tp_group->rank(), tp);
   if (const auto kind = base_quantization(r)) {
@@ -320,6 +321,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       step_tokens += b.ids.numel();
       if (micro % dp != dp_group->rank()) continue;
       if (ddp) ddp->set_last_micro_batch(micro + dp >= accum);
+      model.set_final_backward(micro + dp >= accum);
       model.set_lora_dropout(true, r.seed ^ (uint64_t(step) << 20) ^ uint64_t(micro));
       Tensor none;
       const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `nemotronh train` on CPU ranks under mpiexec, against one process on the same recipe:
 #   - data parallel over 2 ranks, plain and with the distributed optimizer, tensor parallel over
-#     2, and both over 4 ranks, log the losses of the single process;
+#     2 (with and without sequence parallelism), and both over 4 ranks, log the losses of the
+#     single process;
 #   - a checkpoint of 2 ranks with the distributed optimizer resumes in one process, and one of
 #     a single process resumes on 4 ranks with the distributed optimizer, each continuing the
 #     single process's losses;
@@ -69,6 +70,16 @@ from_step3 "$tmp/tp2-zero2" "$tmp/tp2-zero2-again"
 train 4 "$tmp/tp2-zero2-again" --resume --set tensor_model_parallel_size=2 \
   --set use_distributed_optimizer=true
 same_losses "$tmp/tp2-zero2-again" "$tmp/one"
+# Sequence parallel: the residual stream, norms and loss on each rank's half of the tokens.
+train 2 "$tmp/tp2-sp" --set tensor_model_parallel_size=2 --set sequence_parallel=true
+same_losses "$tmp/tp2-sp" "$tmp/one"
+train 4 "$tmp/tp2-sp-zero2" --set tensor_model_parallel_size=2 --set sequence_parallel=true \
+  --set use_distributed_optimizer=true
+same_losses "$tmp/tp2-sp-zero2" "$tmp/one"
+from_step3 "$tmp/tp2-sp-zero2" "$tmp/tp2-sp-zero2-on-1"
+train 1 "$tmp/tp2-sp-zero2-on-1" --resume
+same_losses "$tmp/tp2-sp-zero2-on-1" "$tmp/one"
+
 # Tensor and data parallel without the distributed optimizer: only the first data-parallel rank
 # writes its shard's state.
 train 4 "$tmp/tp2-dp2" --set tensor_model_parallel_size=2
@@ -131,6 +142,5 @@ expect_error() {  # expect_error KEY RANKS ARGS...
 }
 expect_error global_batch_size 3
 expect_error tensor_model_parallel_size 2 --set tensor_model_parallel_size=3
-expect_error sequence_parallel 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true
 expect_error expert_model_parallel_size 2 "${moe[@]}" --set expert_model_parallel_size=4
 echo "distributed: all checks passed"

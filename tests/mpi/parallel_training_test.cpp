@@ -47,6 +47,7 @@ StepLog train_step(Model& model, Optimizer& opt, DataParallel* dp, int step) {
   for (int micro = 0; micro < kMicroBatches; ++micro) {
     if (micro % ranks != rank) continue;
     if (dp) dp->set_last_micro_batch(micro + ranks >= kMicroBatches);
+    model.set_final_backward(micro + ranks >= kMicroBatches);
     const Batch b = micro_batch(model.config(), step, micro);
     const LossSum l = model.forward(b.ids, b.targets, Tensor(), none);
     model.backward(1.0);
@@ -75,6 +76,7 @@ struct Case {
   // into up to lr = 2e-3 per step in its weight, so weights are compared at 1e-2·lr·steps and
   // the losses and norms at 1e-5. fp64: the same argument at 1e-12.
   double loss_tol, weight_tol;
+  bool sequence_parallel = false;
 };
 
 class ParallelTrainingMatchesOneProcess : public testing::TestWithParam<Case> {};
@@ -91,6 +93,7 @@ TEST_P(ParallelTrainingMatchesOneProcess, LossesGradientsAndWeights) {
   const ModelConfig config = preset_config(c.preset);
   Model alone = Model::init(config, 5), parallel = Model::init(config, 5);
   if (c.tp > 1) parallel.shard_tensor_parallel(*tp);
+  if (c.sequence_parallel) parallel.set_sequence_parallel(true);
   if (c.ep > 1) parallel.shard_experts(*ep);
   // This rank's part of a tensor of the single process: its experts, or its tensor-parallel
   // shard.
@@ -151,7 +154,11 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"tiny-hybrid", DType::F64, 2, 1, true, 3000, 1e-12, 1e-12},
                     Case{"tiny-moe", DType::F64, 1, 2, false, 3000, 1e-12, 1e-12},
                     Case{"tiny-moe", DType::F64, 1, 2, true, 3000, 1e-12, 1e-12},
-                    Case{"tiny-moe", DType::F64, 2, 2, true, 3000, 1e-12, 1e-12}));
+                    Case{"tiny-moe", DType::F64, 2, 2, true, 3000, 1e-12, 1e-12},
+                    // Sequence parallel.
+                    Case{"tiny-hybrid", DType::F32, 2, 1, false, 3000, 1e-5, 6e-5, true},
+                    Case{"tiny-hybrid", DType::F64, 2, 1, true, 3000, 1e-12, 1e-12, true},
+                    Case{"tiny-moe", DType::F64, 2, 2, true, 3000, 1e-12, 1e-12, true}));
 
 TEST(DataParallel, BucketsDivideEvenlyAndCoverEveryParameterOnce) {
   const ModelConfig config = preset_config("tiny-hybrid");

@@ -239,11 +239,13 @@ TEST_F(RecipeFile, UnknownKeySuggestsTheClosestKnownKey) {
   EXPECT_EQ(far.find("did you mean"), std::string::npos) << far;
 }
 
-TEST_F(RecipeFile, ParallelLayoutKeysKeepMegatronNamesAndRejectWhatIsNotBuilt) {
+TEST_F(RecipeFile, ParallelLayoutKeysKeepMegatronNamesAndRejectAdapters) {
   const Recipe r = load_recipe(write("max_steps: 10\ntensor_model_parallel_size: 2\n"
+                                     "sequence_parallel: true\n"
                                      "use_distributed_optimizer: true\nddp_bucket_size: 1000\n"),
                                {});
   EXPECT_EQ(r.tensor_model_parallel_size, 2);
+  EXPECT_TRUE(r.sequence_parallel);
   EXPECT_TRUE(r.use_distributed_optimizer);
   EXPECT_EQ(r.ddp_bucket_size, 1000);
   EXPECT_EQ(load_recipe(write("max_steps: 10\nexpert_model_parallel_size: 4\n"), {})
@@ -252,8 +254,6 @@ TEST_F(RecipeFile, ParallelLayoutKeysKeepMegatronNamesAndRejectWhatIsNotBuilt) {
   expect_names(error_of("max_steps: 10\nexpert_model_parallel_size: 2\nadapter: lora\n"
                         "init_from: somewhere\n"),
                {"r.yaml", "expert_model_parallel_size", "adapter"});
-  expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 2\nsequence_parallel: true\n"),
-               {"sequence_parallel", "not built yet"});
   expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 0\n"),
                {"tensor_model_parallel_size"});
   expect_names(error_of("max_steps: 10\ntensor_model_parallel_size: 2\nadapter: lora\n"
