@@ -4,24 +4,26 @@
 #   bash scripts/gpu_distributed.sh [BUNDLE] [OUT]     (BUNDLE from scripts/gpu_bundle.sh)
 # 0. The communicator tests through NCCL (tests/mpi/communicator_test.cpp as nemotronh-test-nccl).
 # 1. Agreement: the first run's model in bf16 on 1 GPU and on 2 GPUs (data parallel, plain and
-#    with the distributed optimizer, and tensor parallel) at the same global batch;
+#    with the distributed optimizer, and tensor parallel with and without sequence parallelism)
+#    at the same global batch;
 #    OUT/agreement.txt lists the losses.
 # 2. Throughput: the 8B-width slice M-M-M-M*- at T = 8192 with two micro-batches of one sequence
-#    per GPU and step, on 1 GPU and on 2 (data parallel, plain and distributed optimizer); and
-#    tensor parallel over 2 GPUs with two micro-batches per step. OUT/throughput.txt gives
-#    tokens/s per GPU (median over the steps after the first two), the scaling efficiency against
-#    1 GPU and the peak memory per GPU.
+#    per GPU and step, on 1 GPU and on 2 (data parallel, plain and distributed optimizer).
+#    OUT/throughput.txt gives tokens/s per GPU (median over the steps after the first two), the
+#    scaling efficiency against 1 GPU and the peak memory per GPU.
 # 3. Experts: the tiny MoE model on 1 GPU and with expert parallelism over 2 (agreement), and a
 #    slice of Nemotron 3 Nano 30B-A3B (`MEM*E`: two MoE layers of 128 experts) on 1 GPU and
 #    with EP = 2 (throughput), written to OUT/moe.txt.
-# PARTS (default "nccl agreement slice moe") picks the parts to run.
+# 4. Tensor parallel: the same slice over 2 GPUs, without and with sequence parallelism, against
+#    1 GPU on the same batch; OUT/tp.txt.
+# PARTS (default "nccl agreement slice tp moe") picks the parts to run.
 set -euo pipefail
 bundle=${1:-gpu-bundle}
 out=${2:-dist-results}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off
 port=29611
-parts=" ${PARTS:-nccl agreement slice moe} "
+parts=" ${PARTS:-nccl agreement slice tp moe} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 
 # per_gpu GPUS LOG PROGRAM ARGS...: one process per GPU; fails when any rank fails.
@@ -65,23 +67,33 @@ if want agreement; then
   launch 2 "$out/tiny-2gpu" "${tiny[@]}"
   launch 2 "$out/tiny-2gpu-zero" "${tiny[@]}" --set use_distributed_optimizer=true
   launch 2 "$out/tiny-2gpu-tp2" "${tiny[@]}" --set tensor_model_parallel_size=2
+  launch 2 "$out/tiny-2gpu-tp2-sp" "${tiny[@]}" --set tensor_model_parallel_size=2 \
+    --set sequence_parallel=true
   python3 tools/dist_summary.py agreement "$out" tiny-1gpu tiny-2gpu tiny-2gpu-zero \
-    tiny-2gpu-tp2 | tee "$out/agreement.txt"
+    tiny-2gpu-tp2 tiny-2gpu-tp2-sp | tee "$out/agreement.txt"
 fi
 
 slice=(--set device=cuda --set precision=bf16 --set model=nemotron-h-8b
   --set hybrid_override_pattern=M-M-M-M*- --set seq_length=8192 --set micro_batch_size=1
   --set max_steps=8 --set warmup_steps=1 --set eval_interval=0 --set log_interval=1
   --set sample_prompt= --set keep_last=1 --set lr=3e-4 --set min_lr=3e-5)
-if want slice; then
+if want slice || want tp; then
   timed 1 "$out/slice-1gpu" "${slice[@]}" --set global_batch_size=2
+fi
+if want slice; then
   timed 2 "$out/slice-2gpu" "${slice[@]}" --set global_batch_size=4
   timed 2 "$out/slice-2gpu-zero" "${slice[@]}" --set global_batch_size=4 \
     --set use_distributed_optimizer=true
+  python3 tools/dist_summary.py throughput "$out" slice-1gpu slice-2gpu slice-2gpu-zero |
+    tee "$out/throughput.txt"
+fi
+if want tp; then
   timed 2 "$out/slice-2gpu-tp2" "${slice[@]}" --set global_batch_size=2 \
     --set tensor_model_parallel_size=2
-  python3 tools/dist_summary.py throughput "$out" slice-1gpu slice-2gpu slice-2gpu-zero \
-    slice-2gpu-tp2 | tee "$out/throughput.txt"
+  timed 2 "$out/slice-2gpu-tp2-sp" "${slice[@]}" --set global_batch_size=2 \
+    --set tensor_model_parallel_size=2 --set sequence_parallel=true
+  python3 tools/dist_summary.py throughput "$out" slice-1gpu slice-2gpu-tp2 slice-2gpu-tp2-sp |
+    tee "$out/tp.txt"
 fi
 
 if want moe; then
