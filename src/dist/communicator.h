@@ -72,6 +72,11 @@ class SingleCommunicator final : public Communicator {
   Device device_;
 };
 
+// Every rank's `mine` stacked along dimension 0 in rank order: [size() · rows, ...], new.
+Tensor all_gather_rows(Communicator& group, const Tensor& mine);
+// This rank's 1/size() of the rows of Σ over ranks of `all` (its rows divide by size()), new.
+Tensor reduce_scatter_rows(Communicator& group, const Tensor& all);
+
 // True when two tensors share their first byte (an in-place collective).
 inline bool same_memory(const Tensor& a, const Tensor& b) { return a.raw() == b.raw(); }
 

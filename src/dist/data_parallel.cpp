@@ -16,19 +16,12 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 }  // namespace
 
 int grads_ready_stage(const std::string& name, int layers) {
-  if (name.starts_with("layers.")) {
-    const size_t dot = name.find('.', 7);
-    return std::stoi(name.substr(7, dot - 7));
-  }
+  if (name.starts_with("layers.")) return layer_of(name);
   if (name.starts_with("embeddings.")) return -1;
   return layers;  // the final norm and an untied LM head
 }
 
 namespace {
-
-bool is_expert(const std::string& name) {
-  return name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj");
-}
 
 // The model's trainable tensor `name`: the adapter's when one is attached.
 const Tensor& trainable_tensor(const Model& model, const std::string& name) {
@@ -38,7 +31,7 @@ const Tensor& trainable_tensor(const Model& model, const std::string& name) {
 }  // namespace
 
 NormKind norm_kind(const Model& model, const std::string& name) {
-  if (model.expert_parallel_group() && is_expert(name)) return NormKind::Expert;
+  if (model.expert_parallel_group() && is_expert_weight(name)) return NormKind::Expert;
   if (model.tensor_parallel_group() && tp_split(model.full_config(), name).kind != TpSplit::Whole)
     return NormKind::TensorShard;
   return NormKind::Whole;
@@ -93,10 +86,15 @@ DataParallel::DataParallel(Model& model, Communicator& group, bool distributed_o
 
 DataParallel::~DataParallel() { model_.set_grads_ready_hook(nullptr); }
 
-Tensor DataParallel::shard(const Tensor& flat, const Bucket& b) const {
+std::pair<int64_t, int64_t> DataParallel::my_part(const Bucket& b) const {
   const int64_t part = (b.end - b.begin) / b.group->size();
   const int64_t begin = b.begin + part * b.group->rank();
-  return flat.slice0(begin, begin + part);
+  return {begin, begin + part};
+}
+
+Tensor DataParallel::shard(const Tensor& flat, const Bucket& b) const {
+  const auto [begin, end] = my_part(b);
+  return flat.slice0(begin, end);
 }
 
 std::vector<OptimizerRange> DataParallel::optimizer_ranges() const {
@@ -110,9 +108,8 @@ std::vector<OptimizerRange> DataParallel::optimizer_ranges() const {
       continue;
     }
     for (const Bucket& b : buckets_) {
-      const int64_t part = (b.end - b.begin) / b.group->size();
-      const int64_t mine = b.begin + part * b.group->rank();
-      const int64_t a = std::max(s.offset, mine), e = std::min(s.offset + s.numel, mine + part);
+      const auto [begin, end] = my_part(b);
+      const int64_t a = std::max(s.offset, begin), e = std::min(s.offset + s.numel, end);
       if (a < e)
         ranges.push_back({s.name, params_.slice0(a, e), grads_.slice0(a, e), a - s.offset, s.decay,
                           numel, at, kind});

@@ -70,6 +70,8 @@ class DataParallel {
   };
   void on_grads_ready(int stage);
   void reduce(Bucket& b);
+  // This rank's elements [begin, end) of bucket b (of the flat buffers), and their view in flat.
+  std::pair<int64_t, int64_t> my_part(const Bucket& b) const;
   Tensor shard(const Tensor& flat, const Bucket& b) const;
 
   Model& model_;

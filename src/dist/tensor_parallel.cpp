@@ -2,17 +2,16 @@
 
 #include <cstring>
 
+#include "model/params.h"
+
 namespace nh {
 
 namespace {
 
 // The mixer's own name of a layer parameter ("in_proj.weight"), "" for others.
-std::string mixer_param(const std::string& name, size_t* layer) {
-  if (!name.starts_with("layers.")) return "";
-  const size_t dot = name.find('.', 7);
-  *layer = std::stoul(name.substr(7, dot - 7));
-  const std::string rest = name.substr(dot + 1);
-  return rest.starts_with("mixer.") ? rest.substr(6) : "";
+std::string mixer_param(const std::string& name) {
+  const std::string prefix = "layers." + std::to_string(layer_of(name)) + ".mixer.";
+  return name.starts_with(prefix) ? name.substr(prefix.size()) : "";
 }
 
 void need_divisible(int64_t value, int ranks, const std::string& field) {
@@ -44,11 +43,11 @@ Shape with_dim(Shape s, int dim, int64_t n) {
 }  // namespace
 
 TpSplit tp_split(const ModelConfig& c, const std::string& name) {
-  size_t layer = 0;
-  const std::string p = mixer_param(name, &layer);
+  const std::string p = mixer_param(name);
   if (p.empty()) return {};
+  const int layer = layer_of(name);
   const int64_t din = c.d_inner(), gn = c.n_groups * c.ssm_state_size, h = c.mamba_num_heads;
-  switch (c.layers.at(layer)) {
+  switch (c.layers.at(size_t(layer))) {
     case LayerKind::Mamba:
       if (p == "in_proj.weight") return {TpSplit::Rows, {din, din, gn, gn, h}};
       if (p == "conv1d.weight" || p == "conv1d.bias") return {TpSplit::Rows, {din, gn, gn}};

@@ -20,10 +20,6 @@ const std::set<std::string> kLinearLeaves = {
 
 std::string leaf(const std::string& name) { return name.substr(name.rfind('.') + 1); }
 
-bool is_expert_weight(const std::string& name) {
-  return name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj");
-}
-
 // PEFT's rule for a list entry: the whole name, or a dotted suffix of it.
 bool matches_entry(const std::string& name, const std::string& entry) {
   return name == entry || name.ends_with("." + entry);

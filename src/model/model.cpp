@@ -30,15 +30,13 @@ namespace {
 // The weights QLoRA holds quantised: every linear weight and the experts. The embedding, LM
 // head, norms, router, conv, A_log, D and dt_bias stay in full precision.
 bool quantizable(const std::string& name) {
-  return name.ends_with("_proj.weight") || name.ends_with(".experts.up_proj") ||
-         name.ends_with(".experts.down_proj");
+  return name.ends_with("_proj.weight") || is_expert_weight(name);
 }
 
 // Under an adapter, the weights that get no gradient at all: linear weights and biases, the
 // experts, the embedding and the LM head. The rest are small and keep scratch gradients.
 bool frozen_without_grad(const std::string& name) {
-  return name.ends_with("_proj.weight") || name.ends_with("_proj.bias") ||
-         name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj") ||
+  return name.ends_with("_proj.weight") || name.ends_with("_proj.bias") || is_expert_weight(name) ||
          name == "embeddings.weight" || name == "lm_head.weight";
 }
 }  // namespace
@@ -119,14 +117,6 @@ Tensor Model::my_rows(const Tensor& all) const {
   return all.slice0(rows * tp_->rank(), rows * (tp_->rank() + 1));
 }
 
-Tensor Model::all_rows(const Tensor& mine) const {
-  Shape shape = mine.shape();
-  shape[0] *= tp_->size();
-  Tensor all = Tensor::empty({mine.numel() * tp_->size()}, mine.dtype(), mine.device());
-  tp_->all_gather(mine.reshape({mine.numel()}), all);
-  return all.reshape(shape);
-}
-
 void Model::sum_sequence_parallel_grad(const std::string& name) {
   if (!sp_ || !final_backward_ || !grads_.has(name)) return;
   tp_->all_reduce(grads_.at(name));
@@ -159,27 +149,17 @@ void Model::save_gathered(const std::string& dir, bool write) const {
   }
   const ModelConfig& config = full_config();
   ModelWeights whole = weights_;
-  // Every rank's shard of a parameter, on the host.
-  const auto gather = [](Communicator& group, const Tensor& local) {
-    const int64_t n = local.numel();
-    Tensor all = Tensor::empty({n * group.size()}, local.dtype(), local.device());
-    group.all_gather(local.reshape({n}), all);
-    return all.to(Device::CPU);
-  };
   for (const auto& spec : param_specs(config, weights_.tied_head, weights_.attention_biases)) {
     const Tensor& local = weights_.params.at(spec.name);
     Tensor& out = whole.params.at(spec.name);
-    const bool expert =
-        spec.name.ends_with(".experts.up_proj") || spec.name.ends_with(".experts.down_proj");
     const TpSplit split = tp_ ? tp_split(config, spec.name) : TpSplit();
-    if (ep_ && expert) {
-      out = gather(*ep_, local).reshape(spec.shape);  // the ranks' experts in order
+    if (ep_ && is_expert_weight(spec.name)) {
+      out = all_gather_rows(*ep_, local).to(Device::CPU);  // the ranks' experts in order
     } else if (split.kind != TpSplit::Whole) {
-      const Tensor host = gather(*tp_, local);
-      const int64_t n = local.numel();
+      const Tensor host = all_gather_rows(*tp_, local).to(Device::CPU);
+      const int64_t rows = local.size(0);
       std::vector<Tensor> shards;
-      for (int r = 0; r < tp_->size(); ++r)
-        shards.push_back(host.slice0(n * r, n * (r + 1)).reshape(local.shape()));
+      for (int r = 0; r < tp_->size(); ++r) shards.push_back(host.slice0(rows * r, rows * (r + 1)));
       out = tp_unshard(shards, split);
     } else {
       out = local.to(Device::CPU);
@@ -405,9 +385,8 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
   // Under sequence parallelism the residual stream holds this rank's tokens only.
   const int64_t mine = sp_ ? t / tp_->size() : t;
 
-  Tensor h = Tensor::empty({t, d}, dt, dev);
-  embedding_forward(ids_, emb, h);
-  if (sp_) h = my_rows(h).clone();
+  Tensor h = Tensor::empty({mine, d}, dt, dev);
+  embedding_forward(sp_ ? my_rows(ids_.reshape({t})) : ids_, emb, h);
   const size_t n = mixers_.size();
   resid_.assign(n, Tensor());
   normed_.assign(n, Tensor());
@@ -418,14 +397,12 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
     rstd_[l] = Tensor::empty({mine}, stats_dtype(dt), dev);
     rmsnorm_forward(h, weights_.params.at("layers." + std::to_string(l) + ".norm.weight"),
                     config_.layer_norm_epsilon, normed, rstd_[l]);
-    normed_[l] = sp_ ? all_rows(normed) : normed;  // the layer sees every token
+    normed_[l] = sp_ ? all_gather_rows(*tp_, normed) : normed;  // the layer sees every token
     Tensor out = Tensor::empty({t, d}, dt, dev);
     mixers_[l]->forward(normed_[l], batch_, out);
     const bool split = tp_ && config_.layers[l] != LayerKind::Moe;
     if (split && sp_) {
-      Tensor summed = Tensor::empty({mine, d}, dt, dev);
-      tp_->reduce_scatter(out, summed);  // this rank's tokens of the partial sums
-      out = summed;
+      out = reduce_scatter_rows(*tp_, out);  // this rank's tokens of the partial sums
     } else if (split) {
       tp_->all_reduce(out);  // partial sums
     } else if (sp_) {
@@ -502,12 +479,11 @@ void Model::backward(double grad_scale) {
       Tensor again = Tensor::empty({t, d}, dt, dev);
       mixers_[l]->forward(normed_[l], batch_, again);
     }
-    mixers_[l]->backward(sp_ ? all_rows(dh) : dh, dnormed);
+    mixers_[l]->backward(sp_ ? all_gather_rows(*tp_, dh) : dh, dnormed);
     const bool split = tp_ && config_.layers[l] != LayerKind::Moe;
     Tensor dnormed_mine = dnormed;
     if (split && sp_) {
-      dnormed_mine = Tensor::empty({mine, d}, dt, dev);
-      tp_->reduce_scatter(dnormed, dnormed_mine);
+      dnormed_mine = reduce_scatter_rows(*tp_, dnormed);
     } else if (split) {
       tp_->all_reduce(dnormed);
     } else if (sp_) {

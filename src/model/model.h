@@ -191,9 +191,8 @@ class Model {
   std::function<void(int)> grads_ready_;
   Communicator* tp_ = nullptr;
   bool sp_ = false, final_backward_ = true;
-  // Sequence parallelism: this rank's rows of a [tokens, ·] tensor, and the whole of it.
+  // Sequence parallelism: this rank's rows of a [tokens, ·] tensor.
   Tensor my_rows(const Tensor& all) const;
-  Tensor all_rows(const Tensor& mine) const;
   // Sums a gradient of a whole tensor over the tensor-parallel group at the step's last
   // backward, under sequence parallelism.
   void sum_sequence_parallel_grad(const std::string& name);

@@ -51,23 +51,17 @@ Tensor experts_here(const Tensor& idx_all, int64_t first, int64_t local) {
 }  // namespace
 
 void MoeMixer::routed_experts(const Tensor& up, const Tensor& down) {
-  const int64_t t = h_.size(0), din = h_.size(1);
-  routed_ = Tensor::empty({t, din}, h_.dtype(), h_.device());
   if (!ep_) {
+    routed_ = Tensor::empty(h_.shape(), h_.dtype(), h_.device());
     moe_experts_forward(h_, up, down, topk_idx_, topk_w_, routed_, cache_, lora_);
     return;
   }
-  const int n = ep_->size();
-  h_all_ = Tensor::empty({n * t, din}, h_.dtype(), h_.device());
-  ep_->all_gather(h_, h_all_);
-  Tensor idx_all = Tensor::empty({n * t, topk_idx_.size(1)}, DType::I64, h_.device());
-  ep_->all_gather(topk_idx_, idx_all);
-  w_all_ = Tensor::empty({n * t, topk_w_.size(1)}, topk_w_.dtype(), h_.device());
-  ep_->all_gather(topk_w_, w_all_);
-  idx_here_ = experts_here(idx_all, up.size(0) * ep_->rank(), up.size(0));
-  Tensor partial = Tensor::empty({n * t, din}, h_.dtype(), h_.device());
+  h_all_ = all_gather_rows(*ep_, h_);
+  w_all_ = all_gather_rows(*ep_, topk_w_);
+  idx_here_ = experts_here(all_gather_rows(*ep_, topk_idx_), up.size(0) * ep_->rank(), up.size(0));
+  Tensor partial = Tensor::empty(h_all_.shape(), h_.dtype(), h_.device());
   moe_experts_forward(h_all_, up, down, idx_here_, w_all_, partial, cache_, lora_);
-  ep_->reduce_scatter(partial, routed_);  // each token's rank gets the sum over all experts
+  routed_ = reduce_scatter_rows(*ep_, partial);  // each token's rank gets the sum over experts
 }
 
 void MoeMixer::forward(const Tensor& u, const Batch& batch, Tensor& out) {
@@ -110,20 +104,18 @@ void MoeMixer::backward(const Tensor& dout, Tensor& du) {
     drouted = Tensor::empty(routed_.shape(), dt, dev);
     fc2_.backward(routed_, dout, drouted);
   }
-  Tensor dh = Tensor::empty(h_.shape(), dt, dev);
-  Tensor dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
+  Tensor dh, dtopk_w;
   if (ep_) {
     // The group's output gradients through this rank's experts, summed back to their ranks.
-    const int n = ep_->size();
-    Tensor drouted_all = Tensor::empty({n * dh.size(0), dh.size(1)}, dt, dev);
-    ep_->all_gather(drouted, drouted_all);
     Tensor dh_all = Tensor::empty(h_all_.shape(), dt, dev);
     Tensor dw_all = Tensor::empty(w_all_.shape(), w_all_.dtype(), dev);
-    moe_experts_backward(h_all_, up, down, idx_here_, w_all_, cache_, drouted_all, dh_all, dup_,
-                         ddown_, dw_all, lora_);
-    ep_->reduce_scatter(dh_all, dh);
-    ep_->reduce_scatter(dw_all, dtopk_w);
+    moe_experts_backward(h_all_, up, down, idx_here_, w_all_, cache_,
+                         all_gather_rows(*ep_, drouted), dh_all, dup_, ddown_, dw_all, lora_);
+    dh = reduce_scatter_rows(*ep_, dh_all);
+    dtopk_w = reduce_scatter_rows(*ep_, dw_all);
   } else {
+    dh = Tensor::empty(h_.shape(), dt, dev);
+    dtopk_w = Tensor::empty(topk_w_.shape(), topk_w_.dtype(), dev);
     moe_experts_backward(h_, up, down, topk_idx_, topk_w_, cache_, drouted, dh, dup_, ddown_,
                          dtopk_w, lora_);
   }

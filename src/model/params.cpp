@@ -89,6 +89,15 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c, bool tied_head, bool at
   return out;
 }
 
+bool is_expert_weight(const std::string& name) {
+  return name.ends_with(".experts.up_proj") || name.ends_with(".experts.down_proj");
+}
+
+int layer_of(const std::string& name) {
+  if (!name.starts_with("layers.")) return -1;
+  return std::stoi(name.substr(7, name.find('.', 7) - 7));
+}
+
 void ParamSet::add(const std::string& name, Tensor t) {
   NH_CHECK(!has(name), "duplicate parameter " + name);
   names_.push_back(name);

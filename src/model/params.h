@@ -32,6 +32,12 @@ struct ParamSpec {
 std::vector<ParamSpec> param_specs(const ModelConfig& config, bool tied_head,
                                    bool attention_biases = false);
 
+// Whether canonical name `name` is a layer's fused routed-expert weight
+// (`layers.L.mixer.experts.up_proj` or `.down_proj`, [E, ...]).
+bool is_expert_weight(const std::string& name);
+// L of a `layers.L.…` name; -1 for the embedding, final norm and LM head.
+int layer_of(const std::string& name);
+
 // Named tensors in insertion order.
 class ParamSet {
  public:

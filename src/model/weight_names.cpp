@@ -8,11 +8,6 @@ namespace {
 
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 
-bool is_expert_weight(const std::string& canonical) {
-  return canonical.size() > 17 && canonical.find(".mixer.experts.") != std::string::npos &&
-         (canonical.ends_with("experts.up_proj") || canonical.ends_with("experts.down_proj"));
-}
-
 // Splits `layers.L.mixer.experts.J.up_proj.weight` into (`layers.L.mixer.experts.up_proj`, J).
 bool split_per_expert(const std::string& canonical, std::string& fused, int64_t& expert) {
   static const std::regex re(R"((layers\.\d+\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight)");
