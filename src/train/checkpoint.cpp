@@ -132,8 +132,8 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
         tensors.emplace_back("master/" + name, c.sharded_state ? w.reshape({w.numel()}) : w);
         begins["master/" + name] = std::to_string(whole_offset(c.model, name));
       }
-    if (c.tp_size > 1)
-      begins["tensor_parallel"] = std::to_string(c.tp_rank) + "/" + std::to_string(c.tp_size);
+    if (const Communicator* tp = c.model.tensor_parallel_group())
+      begins["tensor_parallel"] = std::to_string(tp->rank()) + "/" + std::to_string(tp->size());
     if (c.sharded_state)
       write_safetensors((tmp / shard_file_name(c.group->rank(), c.group->size())).string(), tensors,
                         begins);
@@ -164,8 +164,11 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
-SavedState::SavedState(const std::string& dir, int tp_rank, int tp_size, const ModelConfig* config)
-    : where_(dir), tp_rank_(tp_rank), tp_size_(tp_size), config_(config) {
+SavedState::SavedState(const std::string& dir, const Model& model)
+    : where_(dir),
+      tp_rank_(model.tensor_parallel_group() ? model.tensor_parallel_group()->rank() : 0),
+      tp_size_(model.tensor_parallel_group() ? model.tensor_parallel_group()->size() : 1),
+      config_(model.full_config()) {
   std::vector<fs::path> paths;
   if (fs::exists(fs::path(dir) / "training_state.safetensors"))
     paths.push_back(fs::path(dir) / "training_state.safetensors");
@@ -213,16 +216,13 @@ bool SavedState::read(const std::string& name, int64_t begin, int64_t full_numel
                       Tensor& dst) const {
   if (saved_tp_size_ == tp_size_) return read_shard(tp_rank_, name, begin, full_numel, dst);
   if (!pieces_.count({0, name})) return false;
-  if (!config_)
-    throw Error(where_, "tensor_parallel", "shards of size " + std::to_string(tp_size_),
-                "shards of size " + std::to_string(saved_tp_size_));
   // Another split: the whole tensor from every saved shard, then this rank's shard of it.
   const std::string param = name.substr(name.find('/') + 1);
   Shape whole_shape;
-  for (const auto& spec : param_specs(*config_, config_->tie_word_embeddings))
+  for (const auto& spec : param_specs(config_, config_.tie_word_embeddings))
     if (spec.name == param) whole_shape = spec.shape;
   if (whole_shape.empty()) throw Error(where_, name, "a tensor of the model", "none");
-  const TpSplit split = tp_split(*config_, param);
+  const TpSplit split = tp_split(config_, param);
   std::vector<Tensor> shards;
   for (int r = 0; r < (split.kind == TpSplit::Whole ? 1 : saved_tp_size_); ++r) {
     Tensor t = Tensor::empty(tp_shard_shape(whole_shape, split, saved_tp_size_), DType::F32);
@@ -282,8 +282,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base
   return {std::move(model), std::move(j)};
 }
 
-void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_size) {
-  const SavedState state(dir, tp_rank, tp_size, &model.full_config());
+void restore_masters(const std::string& dir, Model& model) {
+  const SavedState state(dir, model);
   ParamSet& restored = model.has_adapter() ? model.adapter_params() : model.params();
   for (const auto& name : restored.names()) {
     Tensor& w = restored.at(name);
@@ -291,9 +291,8 @@ void restore_masters(const std::string& dir, Model& model, int tp_rank, int tp_s
   }
 }
 
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const ModelConfig& config,
-                          int tp_rank, int tp_size) {
-  const SavedState state(dir, tp_rank, tp_size, &config);
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const Model& model) {
+  const SavedState state(dir, model);
   optimizer.load_state([&](const std::string& name, int64_t begin, int64_t full_numel,
                            Tensor& dst) { return state.read(name, begin, full_numel, dst); },
                        state.where());

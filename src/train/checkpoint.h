@@ -45,7 +45,6 @@ struct CheckpointContents {
   // the first data-parallel rank (which writes the masters a CPU model's files round, but the
   // experts' of every rank of the first expert group).
   bool saves_model = true, first_data_rank = true;
-  int tp_rank = 0, tp_size = 1;  // pieces of a tensor-parallel shard are marked with its rank
 };
 
 // Saves step `step` and returns its directory. Under a group every rank calls it; a failure on
@@ -64,19 +63,16 @@ struct LoadedCheckpoint {
 // rounded (after any tensor-parallel split), and load_optimizer_state the optimizer state once
 // an Optimizer exists for the model.
 LoadedCheckpoint load_checkpoint(const std::string& dir, const std::string& base_model = "");
-void restore_masters(const std::string& dir, Model& model, int tp_rank = 0, int tp_size = 1);
-// `config`: the whole model's (model.full_config()).
-void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const ModelConfig& config,
-                          int tp_rank = 0, int tp_size = 1);
+void restore_masters(const std::string& dir, Model& model);
+void load_optimizer_state(const std::string& dir, Optimizer& optimizer, const Model& model);
 
 // Reads the saved optimizer state of checkpoint `dir`, whole or in pieces written by any layout
-// (a resumed run may have another one). A tensor-parallel rank reads its shard: the saved
-// shard itself when the tensor-parallel size is the same, else its part of the whole tensor put
-// together from every saved shard, which needs the whole model's `config`.
+// (a resumed run may have another one), for `model`'s layout. A tensor-parallel rank reads its
+// shard: the saved shard itself when the tensor-parallel size is the same, else its part of the
+// whole tensor put together from every saved shard.
 class SavedState {
  public:
-  SavedState(const std::string& dir, int tp_rank = 0, int tp_size = 1,
-             const ModelConfig* config = nullptr);
+  SavedState(const std::string& dir, const Model& model);
   // The StateReader contract (train/optimizer.h); a range the pieces do not cover is an Error.
   bool read(const std::string& name, int64_t begin, int64_t full_numel, Tensor& dst) const;
   const std::string& where() const { return where_; }
@@ -91,7 +87,7 @@ class SavedState {
                   Tensor& dst) const;
   std::string where_;
   int tp_rank_, tp_size_, saved_tp_size_ = 0;
-  const ModelConfig* config_;
+  const ModelConfig& config_;  // the whole model's
   std::vector<SafetensorsFile> files_;
   std::map<std::pair<int, std::string>, std::vector<Piece>> pieces_;  // by (shard, name)
 };

@@ -219,7 +219,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
   if (tp > 1) model.shard_tensor_parallel(*tp_group);
   if (tp > 1 && r.sequence_parallel) model.set_sequence_parallel(true);
   if (ep > 1) model.shard_experts(*ep_group);
-  if (!ckpt.empty()) restore_masters(ckpt, model, tp_group->rank(), tp);
+  if (!ckpt.empty()) restore_masters(ckpt, model);
   if (const auto kind = base_quantization(r)) {
     model.quantize_base(*kind, device);
     if (!quiet)
@@ -241,8 +241,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       ddp ? Optimizer(ddp->optimizer_ranges(), settings, masters_from, ddp->norm_groups())
           : Optimizer(model, settings, masters_from);
   full_precision = ParamSet();  // the masters hold these values now
-  if (!ckpt.empty())
-    load_optimizer_state(ckpt, optimizer, model.full_config(), tp_group->rank(), tp);
+  if (!ckpt.empty()) load_optimizer_state(ckpt, optimizer, model);
 
   DataStream train_stream(stream_config(r, tokenizer, model.config().vocab_size, 0));
   std::unique_ptr<DataStream> val_stream;
@@ -299,8 +298,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
         r.out, step,
         {model, optimizer, s, recipe_yaml, tok_file, r.init_from,
          world->size() > 1 ? world.get() : nullptr, tp > 1 || ep > 1 || r.use_distributed_optimizer,
-         ddp && ddp->distributed_optimizer(), dp_group->rank() < ep, dp_group->rank() == 0,
-         tp_group->rank(), tp},
+         ddp && ddp->distributed_optimizer(), dp_group->rank() < ep, dp_group->rank() == 0},
         r.keep_last);
   };
 
