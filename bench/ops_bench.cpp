@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -144,16 +145,23 @@ void bench_ssd(Bench& b, const ModelConfig& c, int64_t t) {
       double(chunks) * double(g * 2 * q * q * n + h * (2 * q * q * p + 4 * q * n * p));
   const double io = kBf16 * double(t) * double(2 * h * p + 2 * g * n + h);
   const nlohmann::ordered_json shape = {{"H", h}, {"P", p}, {"G", g}, {"N", n}, {"chunk", q}};
-  b.time(
-      "ssd.fwd", t, flops, io, [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); },
-      shape);
-  b.time(
-      "ssd.fwd_bwd", t, 3 * flops, io + kBf16 * double(t) * double(3 * h * p + 2 * g * n + h),
-      [&] {
-        ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none);
-        ssd_backward(x, dt, a, bm, cm, d, q, none, none, dy, dx, ddt, da, dbm, dcm, dd, none);
-      },
-      shape);
+  // "ssd" is what the model runs (the fused kernels at these shapes), "ssd_tiles" the tile
+  // kernels they replaced (NH_SSD_KERNELS=tiles, ops/cuda/ssd.cu), side by side.
+  for (const std::string kernels : {"ssd", "ssd_tiles"}) {
+    if (kernels == "ssd_tiles") setenv("NH_SSD_KERNELS", "tiles", 1);
+    b.time(
+        kernels + ".fwd", t, flops, io,
+        [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); }, shape);
+    b.time(
+        kernels + ".fwd_bwd", t, 3 * flops,
+        io + kBf16 * double(t) * double(3 * h * p + 2 * g * n + h),
+        [&] {
+          ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none);
+          ssd_backward(x, dt, a, bm, cm, d, q, none, none, dy, dx, ddt, da, dbm, dcm, dd, none);
+        },
+        shape);
+  }
+  unsetenv("NH_SSD_KERNELS");
 }
 
 void bench_conv(Bench& b, const ModelConfig& c, int64_t t) {

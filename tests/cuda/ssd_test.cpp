@@ -201,18 +201,28 @@ TEST(SsdCuda, MatchesCpuOnModelSizedHeadsAndStates) {
   check_all_options({2, 300, 6, 64, 3, 128, 128}, 5000);
 }
 
+// The shapes the fused bf16 kernels take (ops/cuda/ssd_fused.cuh): a whole group of 16 heads as
+// in the models, a last chunk of a few tokens, and head_dim 80 with a 256-wide state.
+TEST(SsdCuda, MatchesCpuWithSixteenHeadsAGroup) {
+  check_all_options({1, 390, 16, 64, 1, 128, 128}, 5500);
+}
+
+TEST(SsdCuda, MatchesCpuWithHeadDim80AndState256) {
+  check_all_options({1, 260, 4, 80, 2, 256, 128}, 5700);
+}
+
 // P and N above one 64-wide tile and not multiples of it, and chunks of 256 (four row tiles).
 TEST(SsdCuda, MatchesCpuWhenHeadDimAndStateSpanPartialTiles) {
   check_all_options({1, 300, 2, 80, 1, 100, 256}, 6000);
 }
 
-TEST(SsdCuda, BackwardIsBitwiseDeterministic) {
-  const SsdCase c{2, 150, 4, 32, 2, 48, 64};
+// The tile kernels in fp32, and the fused ones in bf16.
+void check_deterministic(const SsdCase& c, DType f) {
   const SsdInputs in = make_inputs(c, {true, true, true}, 7000);
-  const DType f = DType::F32;
-  const Tensor x = to_gpu(in.x), dt = to_gpu(in.dt), A = to_gpu(in.A), Bm = to_gpu(in.Bm);
-  const Tensor Cm = to_gpu(in.Cm), D = to_gpu(in.D), seq_idx = to_gpu(in.seq_idx);
-  const Tensor initial_state = to_gpu(in.initial_state), dy = to_gpu(in.dy);
+  const Tensor x = to_gpu(in.x, f), dt = to_gpu(in.dt, f), A = to_gpu(in.A, f);
+  const Tensor Bm = to_gpu(in.Bm, f), Cm = to_gpu(in.Cm, f), D = to_gpu(in.D, f);
+  const Tensor seq_idx = to_gpu(in.seq_idx);
+  const Tensor initial_state = to_gpu(in.initial_state, f), dy = to_gpu(in.dy, f);
   auto grads = [&] {
     std::vector<Tensor> g = {test::gpu_empty(in.x.shape(), f),
                              test::gpu_empty(in.dt.shape(), f),
@@ -231,6 +241,11 @@ TEST(SsdCuda, BackwardIsBitwiseDeterministic) {
     for (int64_t i = 0; i < a.numel(); ++i)
       ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << "gradient " << k << " element " << i;
   }
+}
+
+TEST(SsdCuda, BackwardIsBitwiseDeterministic) {
+  check_deterministic({2, 150, 4, 32, 2, 48, 64}, DType::F32);
+  check_deterministic({2, 300, 4, 64, 2, 128, 128}, DType::BF16);
 }
 
 TEST(SsdCuda, RejectsBadChunkSizesShapesAndCpuTensors) {

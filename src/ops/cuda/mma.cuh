@@ -64,6 +64,13 @@ __device__ __forceinline__ void load_a(const __nv_bfloat16* x, int stride, int m
   ldmatrix_x4<false>(x + (m0 + lane % 8 + 8 * (m % 2)) * stride + k0 + 8 * (m / 2), a);
 }
 
+// A = Xᵀ[m0 .. m0+16][k0 .. k0+16] of a row-major tile X stored [k][m] (the transposed load).
+__device__ __forceinline__ void load_a_transposed(const __nv_bfloat16* x, int stride, int m0,
+                                                  int k0, uint32_t (&a)[4]) {
+  const int lane = int(threadIdx.x % 32), m = lane / 8;  // matrix m: m half m % 2, k half m / 2
+  ldmatrix_x4<true>(x + (k0 + lane % 8 + 8 * (m / 2)) * stride + m0 + 8 * (m % 2), a);
+}
+
 // The B fragments of two neighbouring 8-column tiles, b[0] for columns n0 … and b[1] for
 // n0 + 8 …, with B[k][n] = X[n0 + n][k0 + k]: the transpose of rows of X (as K in Q·Kᵀ).
 __device__ __forceinline__ void load_b_transposed(const __nv_bfloat16* x, int stride, int n0,

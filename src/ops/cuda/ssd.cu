@@ -25,11 +25,13 @@
 // Determinism: no atomics. Sums that span blocks go to per-tile or per-(batch, chunk, head)
 // buffers that one kernel then adds in a fixed order (dB, dC over a group's heads as the CPU).
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/ssd_backward.cuh"
+#include "ops/cuda/ssd_fused.cuh"
 #include "ops/ssd.h"
 
 namespace nh::cuda {
@@ -293,6 +295,15 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? ptr<T>(t) : nullptr;
 }
 
+// The fused kernels where they apply (bf16 and their shapes), unless NH_SSD_KERNELS=tiles asks
+// for the tile kernels (read at every call: nemotronh-bench times both in one process).
+template <class T>
+bool use_fused(const SsdDims& d, std::initializer_list<const void*> rows) {
+  const char* v = std::getenv("NH_SSD_KERNELS");
+  const bool tiles = v != nullptr && std::string(v) == "tiles";
+  return std::is_same_v<T, bf16> && !tiles && ssd_fused::supports(d, rows);
+}
+
 bool has_blocks(dim3 grid) { return grid.x > 0 && grid.y > 0 && grid.z > 0; }
 
 unsigned tiles(int64_t n) { return unsigned((n + kTile - 1) / kTile); }
@@ -304,16 +315,36 @@ dim3 tile_grid(const SsdDims& d, int64_t columns) {
 }
 
 // What steps 1-3 leave for the rest: [B, S, H] fp32 cumsums and decays, the [B, S] document
-// counters, the state entering each chunk [B, n_chunks, H, P, N] fp32 and each chunk's C·Bᵀ
-// per group [B, n_chunks, G, Q, Q] fp32.
+// counters, the state entering each chunk [B, n_chunks, H, P, N] fp32 and, for the tile kernels
+// (not `fused`), each chunk's C·Bᵀ per group [B, n_chunks, G, Q, Q] fp32.
 struct ChunkStates {
   Tensor cs, decay_in, decay_out, doc, states, cb;
 };
 
+// Step 3 of chunk_states: the states entering each chunk, from the chunks' own terms.
+template <class T>
+void pass_states(const SsdDims& d, ChunkStates& r, const Tensor& initial_state,
+                 Tensor& final_state) {
+  const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
+  if (elements == 0) return;
+  auto launch = [&](auto* end) {
+    pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+        d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
+        end);
+  };
+  if (!final_state.defined())
+    launch(static_cast<T*>(nullptr));
+  else if (final_state.dtype() == DType::F32)
+    launch(ptr<float>(final_state));
+  else
+    launch(ptr<T>(final_state));
+  NH_CUDA_CHECK_LAUNCH();
+}
+
 template <class T>
 ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, const Tensor& A,
                          const Tensor& Bm, const Tensor& Cm, const Tensor& seq_idx,
-                         const Tensor& initial_state, Tensor& final_state) {
+                         const Tensor& initial_state, Tensor& final_state, bool fused) {
   const Shape per_head = {d.batch, d.seqlen, d.heads};
   ChunkStates r{
       Tensor::empty(per_head, DType::F32, Device::CUDA),
@@ -321,7 +352,7 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
       Tensor::empty(per_head, DType::F32, Device::CUDA),
       Tensor::empty({d.batch, d.seqlen}, DType::I32, Device::CUDA),
       Tensor::empty({d.batch, d.n_chunks, d.heads, d.head_dim, d.state}, DType::F32, Device::CUDA),
-      Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::F32, Device::CUDA)};
+      Tensor()};
   const int64_t units = d.batch * d.n_chunks * d.heads;
   if (units > 0) {
     chunk_cumsum_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
@@ -329,6 +360,15 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
         ptr<float>(r.decay_in), ptr<float>(r.decay_out), ptr<int32_t>(r.doc));
     NH_CUDA_CHECK_LAUNCH();
   }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused) {
+      ssd_fused::chunk_state(d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm),
+                             ptr<float>(r.states));
+      pass_states<T>(d, r, initial_state, final_state);
+      return r;
+    }
+  }
+  r.cb = Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::F32, Device::CUDA);
   const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
   const dim3 cb_grid(unsigned(d.batch * d.n_chunks * d.groups), unsigned(row_tiles),
                      unsigned(row_tiles));
@@ -343,22 +383,101 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
         d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm), ptr<float>(r.states));
     NH_CUDA_CHECK_LAUNCH();
   }
-  const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
-  if (elements > 0) {
-    auto launch = [&](auto* end) {
-      pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-          d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
-          end);
-    };
-    if (!final_state.defined())
-      launch(static_cast<T*>(nullptr));
-    else if (final_state.dtype() == DType::F32)
-      launch(ptr<float>(final_state));
-    else
-      launch(ptr<T>(final_state));
+  pass_states<T>(d, r, initial_state, final_state);
+  return r;
+}
+
+// The backward's buffers: the per-token parts finish_dt sums (TokenParts), and their storage.
+struct GradParts {
+  Tensor ddt, dD, off, v, rows, cols;
+  TokenParts view() const {
+    return {ptr<float>(ddt), ptr<float>(dD),   ptr<float>(off),  ptr<float>(v),
+            ptr<float>(rows), ptr<float>(cols), ddt.size(0),     off.size(0),
+            v.size(0),       row_tile};
+  }
+  int row_tile;
+};
+
+Tensor f32(const Shape& shape) { return Tensor::empty(shape, DType::F32, Device::CUDA); }
+
+// Per-chunk gradients of x, C and B with the tile kernels, and their per-tile shares of ddt, dD
+// and dcs.
+template <class T>
+GradParts tile_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor& x,
+                         const Tensor& dt, const Tensor& Bm, const Tensor& Cm, const Tensor& D,
+                         const Tensor& dy, const Tensor& dstates, Tensor& dx, Tensor& dBm,
+                         Tensor& dCm) {
+  const int64_t units = d.batch * d.n_chunks * d.heads;
+  const int64_t p_tiles = tiles(d.head_dim), n_tiles = tiles(d.state);
+  const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
+  GradParts g{f32({p_tiles, d.batch, d.seqlen, d.heads}), f32({p_tiles, d.batch, d.seqlen, d.heads}),
+              f32({n_tiles, d.batch, d.seqlen, d.heads}), f32({n_tiles, d.batch, d.seqlen, d.heads}),
+              f32({row_tiles, d.batch, d.seqlen, d.heads}),
+              f32({row_tiles, d.batch, d.seqlen, d.heads}), kTile};
+  Tensor dB_heads = f32({d.batch, d.seqlen, d.heads, d.state}), dC_heads = f32(dB_heads.shape());
+  const Tensor dyx = f32({d.batch, d.n_chunks, d.heads, d.chunk, d.chunk});
+  const dim3 dcs_grid{unsigned(units), unsigned(row_tiles), unsigned(row_tiles)};
+  if (has_blocks(dcs_grid)) {
+    chunk_dyx_kernel<T>
+        <<<dcs_grid, kThreads, 0, stream()>>>(d, ptr<T>(x), ptr<T>(dy), ptr<float>(dyx));
+    NH_CUDA_CHECK_LAUNCH();
+    chunk_dcs_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(
+        d, ptr<T>(dt), ptr<float>(cs.cb), ptr<float>(dyx), ptr<float>(cs.cs),
+        ptr<int32_t>(cs.doc), ptr<float>(g.rows), ptr<float>(g.cols));
     NH_CUDA_CHECK_LAUNCH();
   }
-  return r;
+  const dim3 dx_grid = tile_grid(d, d.head_dim), bc_grid = tile_grid(d, d.state);
+  if (has_blocks(dx_grid)) {
+    chunk_dx_kernel<T><<<dx_grid, kThreads, 0, stream()>>>(
+        d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr_or_null<T>(D), ptr<float>(cs.cb),
+        ptr<float>(cs.cs), ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates),
+        ptr<T>(dx), ptr<float>(g.ddt), ptr<float>(g.dD));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  if (has_blocks(bc_grid)) {
+    chunk_dC_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
+        d, ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
+        ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states),
+        ptr<float>(dC_heads), ptr<float>(g.off));
+    NH_CUDA_CHECK_LAUNCH();
+    chunk_dB_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
+        d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
+        ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<float>(dB_heads),
+        ptr<float>(g.v));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  const int64_t bc_elements = dBm.numel();
+  if (bc_elements > 0) {
+    group_sum_kernel<T><<<blocks_for(bc_elements, kThreads), kThreads, 0, stream()>>>(
+        d, ptr<float>(dB_heads), ptr<float>(dC_heads), ptr<T>(dBm), ptr<T>(dCm));
+    NH_CUDA_CHECK_LAUNCH();
+  }
+  return g;
+}
+
+// The same with the fused kernels: dx with its parts, then dy·xᵀ per group (dcb) with the
+// intra-chunk dcs terms, then dC and dB from it, written in bf16 directly.
+GradParts fused_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor& x,
+                          const Tensor& dt, const Tensor& Bm, const Tensor& Cm, const Tensor& D,
+                          const Tensor& dy, const Tensor& dstates, Tensor& dx, Tensor& dBm,
+                          Tensor& dCm) {
+  const Shape one = {1, d.batch, d.seqlen, d.heads};
+  GradParts g{f32(one), f32(one), f32({d.state / ssd_fused::kStateBlock, d.batch, d.seqlen, d.heads}),
+              f32(one), f32(one), f32(one), ssd_fused::kChunk};
+  ssd_fused::dx(d, ptr<bf16>(x), ptr<bf16>(dt), ptr<bf16>(dy), ptr<bf16>(Bm), ptr<bf16>(Cm),
+                ptr_or_null<bf16>(D), ptr<float>(cs.cs), ptr<float>(cs.decay_out),
+                ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<bf16>(dx), ptr<float>(g.ddt),
+                ptr<float>(g.dD), ptr<float>(g.v));
+  const Tensor dcb = Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::BF16,
+                                   Device::CUDA);
+  ssd_fused::dcb(d, ptr<bf16>(x), ptr<bf16>(dt), ptr<bf16>(dy), ptr<bf16>(Bm), ptr<bf16>(Cm),
+                 ptr<float>(cs.cs), ptr<int32_t>(cs.doc), ptr<bf16>(dcb), ptr<float>(g.rows),
+                 ptr<float>(g.cols));
+  ssd_fused::dC(d, ptr<bf16>(dy), ptr<bf16>(Bm), ptr<bf16>(Cm), ptr<float>(cs.decay_in),
+                ptr<float>(cs.states), ptr<bf16>(dcb), ptr<bf16>(dCm), ptr<float>(g.off));
+  ssd_fused::dB(d, ptr<bf16>(x), ptr<bf16>(dt), ptr<bf16>(Cm), ptr<float>(cs.decay_out),
+                ptr<float>(dstates), ptr<bf16>(dcb), ptr<bf16>(dBm));
+  return g;
 }
 
 }  // namespace
@@ -373,8 +492,17 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
                  final_state.dtype() == DType::F32 ? DType::F32 : x.dtype(), "final_state");
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
+    const bool fused = use_fused<T>(d, {x.raw(), Bm.raw(), Cm.raw(), y.raw()});
     const ChunkStates cs =
-        chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, final_state);
+        chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, final_state, fused);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (fused) {
+        ssd_fused::scan(d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D),
+                        ptr<float>(cs.cs), ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc),
+                        ptr<float>(cs.states), ptr<T>(y));
+        return;
+      }
+    }
     const dim3 grid = tile_grid(d, d.head_dim);
     if (has_blocks(grid)) {
       chunk_scan_kernel<T><<<grid, kThreads, 0, stream()>>>(
@@ -403,17 +531,22 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
     check_output(dinitial_state, {d.batch, d.heads, d.head_dim, d.state}, f, "dinitial_state");
   with_gpu_float_type(f, [&](auto zero) {
     using T = decltype(zero);
+    const bool fused = use_fused<T>(d, {x.raw(), Bm.raw(), Cm.raw(), dy.raw(), dx.raw(),
+                                        dBm.raw(), dCm.raw()});
     Tensor no_final;
-    const ChunkStates cs = chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, no_final);
+    const ChunkStates cs =
+        chunk_states<T>(d, x, dt, A, Bm, Cm, seq_idx, initial_state, no_final, fused);
     const int64_t units = d.batch * d.n_chunks * d.heads;
-    const int64_t p_tiles = tiles(d.head_dim), n_tiles = tiles(d.state);
-    const Shape per_head = {d.batch, d.seqlen, d.heads};
-    auto f32 = [](const Shape& shape) { return Tensor::empty(shape, DType::F32, Device::CUDA); };
 
     // dS_out of every chunk: each chunk's own term, then passed backwards.
     Tensor dstates = f32({d.batch, d.n_chunks, d.heads, d.head_dim, d.state});
-    const dim3 state_grid{unsigned(units), unsigned(p_tiles), unsigned(n_tiles)};
-    if (has_blocks(state_grid)) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (fused)
+        ssd_fused::chunk_state(d, ptr<float>(cs.decay_in), nullptr, ptr<T>(dy), ptr<T>(Cm),
+                               ptr<float>(dstates));
+    }
+    const dim3 state_grid{unsigned(units), tiles(d.head_dim), tiles(d.state)};
+    if (!fused && has_blocks(state_grid)) {
       chunk_state_kernel<T><<<state_grid, kThreads, 0, stream()>>>(
           d, ptr<float>(cs.decay_in), static_cast<const T*>(nullptr), ptr<T>(dy), ptr<T>(Cm),
           ptr<float>(dstates));
@@ -433,65 +566,19 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
       NH_CUDA_CHECK_LAUNCH();
     }
 
-    // Per-chunk gradients of x, C and B, with their per-tile shares of ddt, dD and dcs.
-    const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
-    Tensor ddt_part = f32({p_tiles, d.batch, d.seqlen, d.heads}), dD_part = f32(ddt_part.shape());
-    Tensor off_part = f32({n_tiles, d.batch, d.seqlen, d.heads}), v_part = f32(off_part.shape());
-    Tensor rows = f32({row_tiles, d.batch, d.seqlen, d.heads}), cols = f32(rows.shape());
-    Tensor dB_heads = f32({d.batch, d.seqlen, d.heads, d.state}), dC_heads = f32(dB_heads.shape());
-    const Tensor dyx = f32({d.batch, d.n_chunks, d.heads, d.chunk, d.chunk});
-    const dim3 dcs_grid{unsigned(units), unsigned(row_tiles), unsigned(row_tiles)};
-    if (has_blocks(dcs_grid)) {
-      chunk_dyx_kernel<T>
-          <<<dcs_grid, kThreads, 0, stream()>>>(d, ptr<T>(x), ptr<T>(dy), ptr<float>(dyx));
-      NH_CUDA_CHECK_LAUNCH();
-      chunk_dcs_kernel<T><<<dcs_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(dt), ptr<float>(cs.cb), ptr<float>(dyx), ptr<float>(cs.cs),
-          ptr<int32_t>(cs.doc), ptr<float>(rows), ptr<float>(cols));
-      NH_CUDA_CHECK_LAUNCH();
+    GradParts parts;
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (fused) parts = fused_gradients(d, cs, x, dt, Bm, Cm, D, dy, dstates, dx, dBm, dCm);
     }
-    const dim3 dx_grid = tile_grid(d, d.head_dim), bc_grid = tile_grid(d, d.state);
-    if (has_blocks(dx_grid)) {
-      chunk_dx_kernel<T><<<dx_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr_or_null<T>(D), ptr<float>(cs.cb),
-          ptr<float>(cs.cs), ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates),
-          ptr<T>(dx), ptr<float>(ddt_part), ptr<float>(dD_part));
-      NH_CUDA_CHECK_LAUNCH();
-    }
-    if (has_blocks(bc_grid)) {
-      chunk_dC_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(dt), ptr<T>(dy), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
-          ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc), ptr<float>(cs.states),
-          ptr<float>(dC_heads), ptr<float>(off_part));
-      NH_CUDA_CHECK_LAUNCH();
-      chunk_dB_kernel<T><<<bc_grid, kThreads, 0, stream()>>>(
-          d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr<float>(dyx), ptr<float>(cs.cs),
-          ptr<float>(cs.decay_out), ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<float>(dB_heads),
-          ptr<float>(v_part));
-      NH_CUDA_CHECK_LAUNCH();
-    }
+    if (!fused) parts = tile_gradients<T>(d, cs, x, dt, Bm, Cm, D, dy, dstates, dx, dBm, dCm);
 
-    // dt, then the sums over heads (dB, dC) and over the whole batch (dA, dD).
+    // dt, then the sums over the whole batch (dA, dD).
     Tensor da_part = Tensor::empty({units}, DType::F64, Device::CUDA);
     Tensor dd_part = Tensor::empty({units}, DType::F64, Device::CUDA);
     if (units > 0) {
-      const TokenParts parts{ptr<float>(ddt_part),
-                             ptr<float>(dD_part),
-                             ptr<float>(off_part),
-                             ptr<float>(v_part),
-                             ptr<float>(rows),
-                             ptr<float>(cols),
-                             p_tiles,
-                             n_tiles};
       finish_dt_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
-          d, ptr<T>(dt), ptr<T>(A), ptr<float>(cs.decay_in), ptr<float>(ddecay), parts, ptr<T>(ddt),
-          ptr<double>(da_part), ptr<double>(dd_part));
-      NH_CUDA_CHECK_LAUNCH();
-    }
-    const int64_t bc_elements = dBm.numel();
-    if (bc_elements > 0) {
-      group_sum_kernel<T><<<blocks_for(bc_elements, kThreads), kThreads, 0, stream()>>>(
-          d, ptr<float>(dB_heads), ptr<float>(dC_heads), ptr<T>(dBm), ptr<T>(dCm));
+          d, ptr<T>(dt), ptr<T>(A), ptr<float>(cs.decay_in), ptr<float>(ddecay), parts.view(),
+          ptr<T>(ddt), ptr<double>(da_part), ptr<double>(dd_part));
       NH_CUDA_CHECK_LAUNCH();
     }
     if (d.heads > 0) {

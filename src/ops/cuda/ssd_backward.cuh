@@ -232,11 +232,15 @@ __global__ void __launch_bounds__(kThreads, kMatrixBlocks<T>)
 }
 
 // What the backward's tile kernels leave per token for finish_dt, each [tiles, B, S, H] fp32.
+// (The fused kernels leave one part of each, but off, per 64 state columns, and one row tile of
+// the chunk's length.)
 struct TokenParts {
-  const float *ddt, *dD;     // p tiles: x_t·dxd_t, dy_t·x_t
-  const float *off, *v;      // n tiles: dcs of the incoming-state term; v_t of the state term
+  const float *ddt, *dD;     // p_tiles parts: x_t·dxd_t, dy_t·x_t
+  const float *off, *v;      // n_tiles and v_tiles parts: dcs of the incoming-state term; v_t of
+                             // the state term
   const float *rows, *cols;  // row tiles of a chunk: the intra-chunk terms' + and − ends
-  int64_t p_tiles, n_tiles;
+  int64_t p_tiles, n_tiles, v_tiles;
+  int row_tile;  // tokens per row tile
 };
 
 // Backward, one thread per (batch, chunk, head) walking its tokens backwards:
@@ -257,17 +261,17 @@ __global__ void finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float
     for (int64_t k = begin; k < end; ++k) s += part[k * size + i];
     return s;
   };
-  const int last = ch.len - 1, last_tile = last / kTile;
+  const int last = ch.len - 1, last_tile = last / parts.row_tile;
   float v_total = 0.f;
-  for (int t = 0; t < ch.len; ++t) v_total += sum(parts.v, 0, parts.n_tiles, ch.at_head(t));
+  for (int t = 0; t < ch.len; ++t) v_total += sum(parts.v, 0, parts.v_tiles, ch.at_head(t));
   const float a = to_f32(A[ch.h]);
   float suffix = 0.f;
   double da = 0, dd = 0;
   for (int t = last; t >= 0; --t) {
     const int64_t i = ch.at_head(t);
-    const int tile = t / kTile;
+    const int tile = t / parts.row_tile;
     float dcs = sum(parts.rows, 0, tile + 1, i) - sum(parts.cols, tile, last_tile + 1, i) +
-                sum(parts.off, 0, parts.n_tiles, i) - sum(parts.v, 0, parts.n_tiles, i);
+                sum(parts.off, 0, parts.n_tiles, i) - sum(parts.v, 0, parts.v_tiles, i);
     if (t == last) dcs += v_total + decay_in[i] * ddecay[flat];
     suffix += dcs;
     ddt[i] = from_f32<T>(sum(parts.ddt, 0, parts.p_tiles, i) + a * suffix);

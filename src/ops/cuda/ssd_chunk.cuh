@@ -60,7 +60,7 @@ struct ChunkHead {
 
 // exp(cs_i − cs_j) for tokens j ≤ i of one document inside the chunk (the mask L); zero for
 // other pairs and for tokens past the chunk's end, where nothing is read.
-__device__ float intra_decay(const ChunkHead& ch, const float* cs, const int32_t* doc, int i,
+__device__ inline float intra_decay(const ChunkHead& ch, const float* cs, const int32_t* doc, int i,
                              int j) {
   if (j > i || i >= ch.len || doc[ch.at_row(i)] != doc[ch.at_row(j)]) return 0.f;
   return expf(cs[ch.at_head(i)] - cs[ch.at_head(j)]);
