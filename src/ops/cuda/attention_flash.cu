@@ -52,24 +52,6 @@ __device__ void store_rows(const bf16* src, int n, int head_dim, bf16* __restric
   }
 }
 
-// Asynchronous copies to shared memory (cp.async, sm_80+): issued now, waited for with
-// cp_async_wait<N>() (all but the N most recent committed groups have landed).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile(
-      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
-      "l"(src));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile(
-      "cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
-      "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // Rows [0, n) of a [rows, head_dim] slice with rows `stride` elements apart into a tile of kRows
 // rows, 16 bytes at a time; rows >= n and dims >= head_dim are zero.
 template <int kRows, int kD>

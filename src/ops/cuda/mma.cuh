@@ -1,5 +1,6 @@
-// Warp-level bf16 tensor-core products (mma.sync m16n8k16, fp32 accumulators; sm_80 and later)
-// and the loads of their operand fragments from bf16 tiles in shared memory.
+// Warp-level bf16 tensor-core products (mma.sync m16n8k16, fp32 accumulators; sm_80 and later),
+// the loads of their operand fragments from bf16 tiles in shared memory, and the asynchronous
+// copies that fill those tiles.
 //
 // Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and
 // c = lane % 4, each 32-bit register holding two bf16 (the lower-index element in the low half):
@@ -98,6 +99,24 @@ __device__ __forceinline__ void c_to_a(const float (&lo)[4], const float (&hi)[4
   a[1] = pack_bf16(lo[2], lo[3]);
   a[2] = pack_bf16(hi[0], hi[1]);
   a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+// Asynchronous copies to shared memory (cp.async, sm_80+): issued now, waited for with
+// cp_async_wait<N>() (all but the N most recent committed groups have landed).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile(
+      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+      "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile(
+      "cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+      "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 }  // namespace nh::cuda

@@ -150,8 +150,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Step 3, one thread per (batch, head, p, n) walking the chunks in order (reverse = false) or
-// backwards. states holds each chunk's own term on entry and the running value before that
-// chunk on exit:
+// backwards. states holds each chunk's own term; the running value before each chunk goes to
+// `entering` (states itself, fp32, for the tile kernels; a bf16 copy for the fused ones):
 //   forward:  S_in(c) = S;   S = decay(c)·S + own(c)      start = initial state, end = final
 //   backward: dS_out(c) = dS; dS = decay(c)·dS + G(c)     end = dinitial_state
 // decay(c) = decay_in of the chunk's last token (zero when a document starts inside it).
@@ -161,8 +161,8 @@ __global__ void __launch_bounds__(kThreads)
 // memory latency, not bandwidth.
 constexpr int kPassBatch = 8;
 
-template <class T, class E>
-__global__ void pass_states_kernel(SsdDims d, float* __restrict__ states,
+template <class T, class E, class S>
+__global__ void pass_states_kernel(SsdDims d, const float* states, S* entering,
                                    const float* __restrict__ decay_in, bool reverse,
                                    const T* __restrict__ start, E* __restrict__ end) {
   const int64_t pn_size = d.head_dim * d.state;
@@ -185,7 +185,7 @@ __global__ void pass_states_kernel(SsdDims d, float* __restrict__ states,
 #pragma unroll
     for (int u = 0; u < kPassBatch; ++u) {
       if (k0 + u >= d.n_chunks) break;
-      states[at[u]] = s;
+      entering[at[u]] = from_f32<S>(s);
       s = decay[u] * s + own[u];
     }
   }
@@ -319,7 +319,18 @@ dim3 tile_grid(const SsdDims& d, int64_t columns) {
 // (not `fused`), each chunk's C·Bᵀ per group [B, n_chunks, G, Q, Q] fp32.
 struct ChunkStates {
   Tensor cs, decay_in, decay_out, doc, states, cb;
+  Tensor entering;  // the fused kernels' bf16 S_in (the tile kernels': states, in place)
 };
+
+// Where pass_states_kernel writes the states entering the chunks: `own` itself (F32) or a
+// BF16 copy of its shape.
+template <class F>
+void with_entering(Tensor& own, const Tensor& entering, F&& f) {
+  if (entering.defined())
+    f(ptr<bf16>(entering));
+  else
+    f(ptr<float>(own));
+}
 
 // Step 3 of chunk_states: the states entering each chunk, from the chunks' own terms.
 template <class T>
@@ -328,9 +339,11 @@ void pass_states(const SsdDims& d, ChunkStates& r, const Tensor& initial_state,
   const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
   if (elements == 0) return;
   auto launch = [&](auto* end) {
-    pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-        d, ptr<float>(r.states), ptr<float>(r.decay_in), false, ptr_or_null<T>(initial_state),
-        end);
+    with_entering(r.states, r.entering, [&](auto* entering) {
+      pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<float>(r.states), entering, ptr<float>(r.decay_in), false,
+          ptr_or_null<T>(initial_state), end);
+    });
   };
   if (!final_state.defined())
     launch(static_cast<T*>(nullptr));
@@ -352,7 +365,7 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
       Tensor::empty(per_head, DType::F32, Device::CUDA),
       Tensor::empty({d.batch, d.seqlen}, DType::I32, Device::CUDA),
       Tensor::empty({d.batch, d.n_chunks, d.heads, d.head_dim, d.state}, DType::F32, Device::CUDA),
-      Tensor()};
+      Tensor(), Tensor()};
   const int64_t units = d.batch * d.n_chunks * d.heads;
   if (units > 0) {
     chunk_cumsum_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
@@ -362,6 +375,7 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
   }
   if constexpr (std::is_same_v<T, bf16>) {
     if (fused) {
+      r.entering = Tensor::empty(r.states.shape(), DType::BF16, Device::CUDA);
       ssd_fused::chunk_state(d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm),
                              ptr<float>(r.states));
       pass_states<T>(d, r, initial_state, final_state);
@@ -456,7 +470,8 @@ GradParts tile_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor& 
 }
 
 // The same with the fused kernels: dx with its parts, then dy·xᵀ per group (dcb) with the
-// intra-chunk dcs terms, then dC and dB from it, written in bf16 directly.
+// intra-chunk dcs terms, then dC and dB from it, written in bf16 directly. dstates here is the
+// bf16 dS_out.
 GradParts fused_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor& x,
                           const Tensor& dt, const Tensor& Bm, const Tensor& Cm, const Tensor& D,
                           const Tensor& dy, const Tensor& dstates, Tensor& dx, Tensor& dBm,
@@ -466,7 +481,7 @@ GradParts fused_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor&
               f32(one), f32(one), f32(one), ssd_fused::kChunk};
   ssd_fused::dx(d, ptr<bf16>(x), ptr<bf16>(dt), ptr<bf16>(dy), ptr<bf16>(Bm), ptr<bf16>(Cm),
                 ptr_or_null<bf16>(D), ptr<float>(cs.cs), ptr<float>(cs.decay_out),
-                ptr<int32_t>(cs.doc), ptr<float>(dstates), ptr<bf16>(dx), ptr<float>(g.ddt),
+                ptr<int32_t>(cs.doc), ptr<bf16>(dstates), ptr<bf16>(dx), ptr<float>(g.ddt),
                 ptr<float>(g.dD), ptr<float>(g.v));
   const Tensor dcb = Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::BF16,
                                    Device::CUDA);
@@ -474,9 +489,9 @@ GradParts fused_gradients(const SsdDims& d, const ChunkStates& cs, const Tensor&
                  ptr<float>(cs.cs), ptr<int32_t>(cs.doc), ptr<bf16>(dcb), ptr<float>(g.rows),
                  ptr<float>(g.cols));
   ssd_fused::dC(d, ptr<bf16>(dy), ptr<bf16>(Bm), ptr<bf16>(Cm), ptr<float>(cs.decay_in),
-                ptr<float>(cs.states), ptr<bf16>(dcb), ptr<bf16>(dCm), ptr<float>(g.off));
+                ptr<bf16>(cs.entering), ptr<bf16>(dcb), ptr<bf16>(dCm), ptr<float>(g.off));
   ssd_fused::dB(d, ptr<bf16>(x), ptr<bf16>(dt), ptr<bf16>(Cm), ptr<float>(cs.decay_out),
-                ptr<float>(dstates), ptr<bf16>(dcb), ptr<bf16>(dBm));
+                ptr<bf16>(dstates), ptr<bf16>(dcb), ptr<bf16>(dBm));
   return g;
 }
 
@@ -499,7 +514,7 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
       if (fused) {
         ssd_fused::scan(d, ptr<T>(x), ptr<T>(dt), ptr<T>(Bm), ptr<T>(Cm), ptr_or_null<T>(D),
                         ptr<float>(cs.cs), ptr<float>(cs.decay_in), ptr<int32_t>(cs.doc),
-                        ptr<float>(cs.states), ptr<T>(y));
+                        ptr<bf16>(cs.entering), ptr<T>(y));
         return;
       }
     }
@@ -552,23 +567,32 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
           ptr<float>(dstates));
       NH_CUDA_CHECK_LAUNCH();
     }
+    const Tensor dentering =
+        fused ? Tensor::empty(dstates.shape(), DType::BF16, Device::CUDA) : Tensor();
     const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
     if (elements > 0) {
-      pass_states_kernel<T, T><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-          d, ptr<float>(dstates), ptr<float>(cs.decay_in), true, static_cast<const T*>(nullptr),
-          dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
+      with_entering(dstates, dentering, [&](auto* entering) {
+        pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+            d, ptr<float>(dstates), entering, ptr<float>(cs.decay_in), true,
+            static_cast<const T*>(nullptr),
+            dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
+      });
       NH_CUDA_CHECK_LAUNCH();
     }
     Tensor ddecay = f32({units});
     if (units > 0) {
-      state_decay_grad_kernel<<<unsigned(units), kThreads, 0, stream()>>>(
-          d, ptr<float>(dstates), ptr<float>(cs.states), ptr<float>(ddecay));
+      with_entering(dstates, dentering, [&](auto* dout) {
+        using S = std::remove_pointer_t<decltype(dout)>;
+        state_decay_grad_kernel<<<unsigned(units), kThreads, 0, stream()>>>(
+            d, static_cast<const S*>(dout),
+            fused ? ptr<S>(cs.entering) : ptr<S>(cs.states), ptr<float>(ddecay));
+      });
       NH_CUDA_CHECK_LAUNCH();
     }
 
     GradParts parts;
     if constexpr (std::is_same_v<T, bf16>) {
-      if (fused) parts = fused_gradients(d, cs, x, dt, Bm, Cm, D, dy, dstates, dx, dBm, dCm);
+      if (fused) parts = fused_gradients(d, cs, x, dt, Bm, Cm, D, dy, dentering, dx, dBm, dCm);
     }
     if (!fused) parts = tile_gradients<T>(d, cs, x, dt, Bm, Cm, D, dy, dstates, dx, dBm, dCm);
 
@@ -576,7 +600,8 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
     Tensor da_part = Tensor::empty({units}, DType::F64, Device::CUDA);
     Tensor dd_part = Tensor::empty({units}, DType::F64, Device::CUDA);
     if (units > 0) {
-      finish_dt_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
+      const dim3 grid(unsigned(d.batch * d.n_chunks), unsigned(blocks_for(d.heads, kDtHeads)));
+      finish_dt_kernel<T><<<grid, kThreads, 0, stream()>>>(
           d, ptr<T>(dt), ptr<T>(A), ptr<float>(cs.decay_in), ptr<float>(ddecay), parts.view(),
           ptr<T>(ddt), ptr<double>(da_part), ptr<double>(dd_part));
       NH_CUDA_CHECK_LAUNCH();

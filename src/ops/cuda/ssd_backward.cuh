@@ -9,14 +9,15 @@ namespace nh::cuda::ssd_detail {
 
 // ⟨dS_out(c), S_in(c)⟩ per (batch, chunk, head), block per unit: times the chunk's decay, the
 // gradient of that decay (dcs of the chunk's last token).
+template <class S>
 __global__ void __launch_bounds__(kThreads)
-    state_decay_grad_kernel(SsdDims d, const float* dstates, const float* states, float* ddecay) {
+    state_decay_grad_kernel(SsdDims d, const S* dstates, const S* states, float* ddecay) {
   __shared__ float partial[kThreads];
   const ChunkHead ch(d, blockIdx.x);
   const int64_t pn_size = d.head_dim * d.state;
   float sum = 0.f;
   for (int64_t i = threadIdx.x; i < pn_size; i += kThreads)
-    sum += dstates[ch.state0 + i] * states[ch.state0 + i];
+    sum += to_f32(dstates[ch.state0 + i]) * to_f32(states[ch.state0 + i]);
   sum = block_sum(sum, partial);
   if (threadIdx.x == 0) ddecay[blockIdx.x] = sum;
 }
@@ -243,17 +244,26 @@ struct TokenParts {
   int row_tile;  // tokens per row tile
 };
 
-// Backward, one thread per (batch, chunk, head) walking its tokens backwards:
+// Backward, block per (batch, chunk) × 32 heads, thread per (head, one of 8 runs of the chunk's
+// tokens; neighbouring threads are neighbouring heads, so loads are coalesced):
 //   dcs_t = rows_t − cols_t + off_t − v_t, plus Σ_j v_j + decay·⟨dS_out, S_in⟩ at the last token,
 //   suffix_t = Σ_{k ≥ t} dcs_k, ddt_t = x_t·dxd_t + A·suffix_t,
 // and the chunk's shares of dA (Σ dt_t·suffix_t) and dD into da_part, dd_part [B, n_chunks, H]
-// (fp64, as the CPU's sums).
+// (fp64, as the CPU's sums). Each run sums its dcs first; a run's suffix then starts from the
+// sums of the runs after it, added in a fixed order.
+constexpr int kDtHeads = 32, kDtRuns = kThreads / kDtHeads;
+
 template <class T>
-__global__ void finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float* decay_in,
-                                 const float* ddecay, TokenParts parts, T* ddt, double* da_part,
-                                 double* dd_part) {
-  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (flat >= d.batch * d.n_chunks * d.heads) return;
+__global__ void __launch_bounds__(kThreads)
+    finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float* decay_in,
+                     const float* ddecay, TokenParts parts, T* ddt, double* da_part,
+                     double* dd_part) {
+  __shared__ float run_dcs[kDtRuns][kDtHeads], run_v[kDtRuns][kDtHeads];
+  __shared__ double run_da[kDtRuns][kDtHeads], run_dd[kDtRuns][kDtHeads];
+  const int hl = int(threadIdx.x) % kDtHeads, run = int(threadIdx.x) / kDtHeads;
+  const int64_t h = int64_t(blockIdx.y) * kDtHeads + hl;
+  const bool active = h < d.heads;
+  const int64_t flat = int64_t(blockIdx.x) * d.heads + (active ? h : 0);
   const ChunkHead ch(d, flat);
   const int64_t size = d.batch * d.seqlen * d.heads;
   auto sum = [&](const float* part, int64_t begin, int64_t end, int64_t i) {
@@ -262,24 +272,45 @@ __global__ void finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float
     return s;
   };
   const int last = ch.len - 1, last_tile = last / parts.row_tile;
-  float v_total = 0.f;
-  for (int t = 0; t < ch.len; ++t) v_total += sum(parts.v, 0, parts.v_tiles, ch.at_head(t));
-  const float a = to_f32(A[ch.h]);
-  float suffix = 0.f;
-  double da = 0, dd = 0;
-  for (int t = last; t >= 0; --t) {
+  const int per_run = (ch.len + kDtRuns - 1) / kDtRuns;
+  const int begin = min(run * per_run, ch.len), end = min(begin + per_run, ch.len);
+  auto dcs_at = [&](int t) {
     const int64_t i = ch.at_head(t);
     const int tile = t / parts.row_tile;
-    float dcs = sum(parts.rows, 0, tile + 1, i) - sum(parts.cols, tile, last_tile + 1, i) +
-                sum(parts.off, 0, parts.n_tiles, i) - sum(parts.v, 0, parts.v_tiles, i);
-    if (t == last) dcs += v_total + decay_in[i] * ddecay[flat];
-    suffix += dcs;
-    ddt[i] = from_f32<T>(sum(parts.ddt, 0, parts.p_tiles, i) + a * suffix);
-    da += double(to_f32(dt[i])) * suffix;
-    dd += sum(parts.dD, 0, parts.p_tiles, i);
+    return sum(parts.rows, 0, tile + 1, i) - sum(parts.cols, tile, last_tile + 1, i) +
+           sum(parts.off, 0, parts.n_tiles, i) - sum(parts.v, 0, parts.v_tiles, i);
+  };
+  float own_dcs = 0.f, own_v = 0.f;
+  for (int t = begin; active && t < end; ++t) {
+    own_dcs += dcs_at(t);
+    own_v += sum(parts.v, 0, parts.v_tiles, ch.at_head(t));
   }
-  da_part[flat] = da;
-  dd_part[flat] = dd;
+  run_dcs[run][hl] = own_dcs;
+  run_v[run][hl] = own_v;
+  __syncthreads();
+  double da = 0, dd = 0;
+  if (active) {
+    float v_total = 0.f, suffix = 0.f;
+    for (int r = 0; r < kDtRuns; ++r) v_total += run_v[r][hl];
+    for (int r = kDtRuns - 1; r > run; --r) suffix += run_dcs[r][hl];
+    suffix += v_total + decay_in[ch.at_head(last)] * ddecay[flat];  // the last token's extra
+    const float a = to_f32(A[ch.h]);
+    for (int t = end - 1; t >= begin; --t) {
+      const int64_t i = ch.at_head(t);
+      suffix += dcs_at(t);
+      ddt[i] = from_f32<T>(sum(parts.ddt, 0, parts.p_tiles, i) + a * suffix);
+      da += double(to_f32(dt[i])) * suffix;
+      dd += sum(parts.dD, 0, parts.p_tiles, i);
+    }
+  }
+  run_da[run][hl] = da;
+  run_dd[run][hl] = dd;
+  __syncthreads();
+  if (run == 0 && active) {
+    for (int r = 1; r < kDtRuns; ++r) da += run_da[r][hl], dd += run_dd[r][hl];
+    da_part[flat] = da;
+    dd_part[flat] = dd;
+  }
 }
 
 // dBm, dCm [B, S, G, N] = the per-head buffers summed over the heads of each group in order,

@@ -18,59 +18,62 @@ constexpr int kThreads = 128, kWarps = kThreads / 32, kTiles = kChunk / 16;
 
 constexpr int padded(int width) { return width + 8; }
 
-// dst[r][0 .. width) = src[r·stride + (0 .. width)] for rows r < len, zero up to kChunk rows,
-// 16 bytes per load; with `scale`, each row times scale(r) (rounded to bf16 once).
-template <class F = std::nullptr_t>
-__device__ void load_rows(bf16* dst, const bf16* src, int64_t stride, int len, int width,
-                          F scale = nullptr) {
-  const int vectors = width / 8;
-  for (int e = threadIdx.x; e < kChunk * vectors; e += kThreads) {
-    const int r = e / vectors, k = e % vectors * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < len) v = *reinterpret_cast<const uint4*>(src + r * stride + k);
-    if constexpr (!std::is_same_v<F, std::nullptr_t>) {
-      const float s = r < len ? scale(r) : 0.f;
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-      float2 f[4];
-      for (int i = 0; i < 4; ++i) f[i] = __bfloat1622float2(h[i]);
-      v = make_uint4(pack_bf16(f[0].x * s, f[0].y * s), pack_bf16(f[1].x * s, f[1].y * s),
-                     pack_bf16(f[2].x * s, f[2].y * s), pack_bf16(f[3].x * s, f[3].y * s));
-    }
-    *reinterpret_cast<uint4*>(dst + r * padded(width) + k) = v;
-  }
-}
-
-// dst[p][0 .. width) = bf16(src[p·stride + (0 .. width)]) for p < rows: an fp32 state block.
-__device__ void load_state(bf16* dst, const float* src, int64_t stride, int rows, int width) {
+// Rows [0, len) of a [rows, width] matrix with rows `stride` elements apart into dst (rows
+// padded), through cp.async 16 bytes at a time; rows len … rows − 1 are zero. The caller commits
+// and waits.
+__device__ void load_rows(bf16* dst, const bf16* src, int64_t stride, int len, int rows,
+                          int width) {
   const int vectors = width / 8;
   for (int e = threadIdx.x; e < rows * vectors; e += kThreads) {
     const int r = e / vectors, k = e % vectors * 8;
-    const float4 lo = *reinterpret_cast<const float4*>(src + r * stride + k);
-    const float4 hi = *reinterpret_cast<const float4*>(src + r * stride + k + 4);
-    *reinterpret_cast<uint4*>(dst + r * padded(width) + k) =
-        make_uint4(pack_bf16(lo.x, lo.y), pack_bf16(lo.z, lo.w), pack_bf16(hi.x, hi.y),
-                   pack_bf16(hi.z, hi.w));
+    bf16* to = dst + r * padded(width) + k;
+    if (r < len)
+      cp_async16(to, src + r * stride + k);
+    else
+      *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
   }
 }
 
-// The chunk's per-token values of one head in shared memory; tokens past the chunk's end get
-// doc −1 (never the same document) and zeros.
+// Row r of a [kChunk, width] tile in shared memory times scale(r), rounded to bf16 once.
+template <class F>
+__device__ void scale_rows(bf16* m, int width, F scale) {
+  const int pairs = width / 2;
+  for (int e = threadIdx.x; e < kChunk * pairs; e += kThreads) {
+    const int r = e / pairs, k = e % pairs * 2;
+    auto* v = reinterpret_cast<__nv_bfloat162*>(m + r * padded(width) + k);
+    const float2 f = __bfloat1622float2(*v);
+    const float s = scale(r);
+    *v = __floats2bfloat162_rn(f.x * s, f.y * s);
+  }
+}
+
+// The chunk's per-token values of one head; tokens past the chunk's end get doc −1 (never the
+// same document) and zeros. One thread per token (kThreads = kChunk): read into registers with
+// `read` (early, so that the loads overlap other work), then `store`d to shared memory.
 struct Tokens {
   float cs[kChunk], dt[kChunk], scale[kChunk];
   int32_t doc[kChunk];
 };
+static_assert(kThreads == kChunk);
 
-template <class F>
-__device__ void load_tokens(Tokens& s, const ChunkHead& ch, const float* cs, const bf16* dt,
-                            const int32_t* doc, F scale) {
-  for (int t = threadIdx.x; t < kChunk; t += kThreads) {
-    const bool in = t < ch.len;
-    s.cs[t] = in ? cs[ch.at_head(t)] : 0.f;
-    s.dt[t] = in ? to_f32(dt[ch.at_head(t)]) : 0.f;
-    s.scale[t] = in ? scale(t) : 0.f;
-    s.doc[t] = in ? doc[ch.at_row(t)] : -1;
+struct Token {
+  float cs = 0.f, dt = 0.f, scale = 0.f;
+  int32_t doc = -1;
+  template <class F>
+  __device__ void read(const ChunkHead& ch, const float* cs_in, const bf16* dt_in,
+                       const int32_t* doc_in, F scale_of) {
+    const int t = int(threadIdx.x);
+    if (t >= ch.len) return;
+    cs = cs_in[ch.at_head(t)];
+    dt = to_f32(dt_in[ch.at_head(t)]);
+    scale = scale_of(t);
+    doc = doc_in[ch.at_row(t)];
   }
-}
+  __device__ void store(Tokens& s) const {
+    const int t = int(threadIdx.x);
+    s.cs[t] = cs, s.dt[t] = dt, s.scale[t] = scale, s.doc[t] = doc;
+  }
+};
 
 // exp(cs_i − cs_j) for j ≤ i < len in one document (the mask L), else 0.
 __device__ __forceinline__ float decay(const Tokens& s, int i, int j) {
@@ -96,7 +99,7 @@ __device__ __forceinline__ float column_sum(float v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// chunk_state: block per (batch, chunk, head) × 64 state columns; warp per 16 rows of P.
+// chunk_state: block per (batch, chunk, head); warp per 16 rows of P × 64 state columns.
 
 template <int P>
 __global__ void __launch_bounds__(kThreads)
@@ -106,16 +109,23 @@ __global__ void __launch_bounds__(kThreads)
   bf16* us = reinterpret_cast<bf16*>(smem);
   bf16* vs = us + kChunk * padded(P);
   const ChunkHead ch(d, blockIdx.x);
-  const int n0 = int(blockIdx.y) * kStateBlock;
-  load_rows(us, u + ch.at_x(0, 0), ch.x_step, ch.len, P, [&](int t) {
-    const float w = weight[ch.at_head(t)];
-    return dt != nullptr ? w * to_f32(dt[ch.at_head(t)]) : w;
-  });
-  load_rows(vs, v + ch.at_bc(0, n0), ch.bc_step, ch.len, kStateBlock);
+  const int n = int(d.state);
+  load_rows(us, u + ch.at_x(0, 0), ch.x_step, ch.len, kChunk, P);
+  load_rows(vs, v + ch.at_bc(0, 0), ch.bc_step, ch.len, kChunk, n);
+  cp_async_commit();
+  const int t = int(threadIdx.x);
+  float* w = reinterpret_cast<float*>(vs + kChunk * padded(n));
+  w[t] = t < ch.len ? weight[ch.at_head(t)] * (dt != nullptr ? to_f32(dt[ch.at_head(t)]) : 1.f)
+                    : 0.f;
+  cp_async_wait<0>();
+  __syncthreads();
+  scale_rows(us, P, [&](int r) { return w[r]; });
   __syncthreads();
   const Lane l;
   const int k_steps = (ch.len + 15) / 16;
-  for (int mt = int(threadIdx.x) / 32; mt < P / 16; mt += kWarps) {
+  const int units = P / 16 * (n / kStateBlock);
+  for (int unit = int(threadIdx.x) / 32; unit < units; unit += kWarps) {
+    const int mt = unit % (P / 16), n0 = unit / (P / 16) * kStateBlock;
     float acc[kStateBlock / 8][4] = {};
     for (int ks = 0; ks < k_steps; ++ks) {
       uint32_t a[4];
@@ -123,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int np = 0; np < kStateBlock / 16; ++np) {
         uint32_t b[2][2];
-        load_b(vs, padded(kStateBlock), 16 * ks, 16 * np, b);
+        load_b(vs, padded(n), 16 * ks, n0 + 16 * np, b);
         mma_bf16(acc[2 * np], a, b[0]);
         mma_bf16(acc[2 * np + 1], a, b[1]);
       }
@@ -146,8 +156,8 @@ __global__ void __launch_bounds__(kThreads)
 
 struct PairArgs {
   SsdDims d;
-  const bf16 *x, *dt, *dy, *r, *k, *v, *D;
-  const float *cs, *scale, *states;
+  const bf16 *x, *dt, *dy, *r, *k, *v, *D, *states;
+  const float *cs, *scale;
   const int32_t* doc;
   bf16* out;
   float *ddt_part, *dD_part, *v_part;
@@ -169,11 +179,15 @@ __global__ void __launch_bounds__(kThreads) pair_kernel(PairArgs a) {
   Tokens& tok = *reinterpret_cast<Tokens*>(ss + P * padded(N));
   const SsdDims& d = a.d;
   const ChunkHead ch(d, blockIdx.x);
-  load_rows(rs, a.r + ch.at_bc(0, 0), ch.bc_step, ch.len, N);
-  load_rows(ks, a.k + ch.at_bc(0, 0), ch.bc_step, ch.len, N);
-  load_rows(vs, a.v + ch.at_x(0, 0), ch.x_step, ch.len, P);
-  load_state(ss, a.states + ch.state0, N, P, N);
-  load_tokens(tok, ch, a.cs, a.dt, a.doc, [&](int t) { return a.scale[ch.at_head(t)]; });
+  load_rows(rs, a.r + ch.at_bc(0, 0), ch.bc_step, ch.len, kChunk, N);
+  load_rows(ks, a.k + ch.at_bc(0, 0), ch.bc_step, ch.len, kChunk, N);
+  load_rows(vs, a.v + ch.at_x(0, 0), ch.x_step, ch.len, kChunk, P);
+  load_rows(ss, a.states + ch.state0, N, P, P, N);
+  cp_async_commit();
+  Token own;
+  own.read(ch, a.cs, a.dt, a.doc, [&](int t) { return a.scale[ch.at_head(t)]; });
+  own.store(tok);
+  cp_async_wait<0>();
   __syncthreads();
   const Lane l;
   const float skip = a.D != nullptr ? to_f32(a.D[ch.h]) : 0.f;
@@ -281,6 +295,7 @@ __global__ void __launch_bounds__(kThreads) pair_kernel(PairArgs a) {
 // dcb: block per (batch, chunk, group). C·Bᵀ is formed once into registers in the layout of the
 // block's dcb tiles (warp w: row tile w with column tiles 0 … w, then row tile 7 − w with 0 …
 // 7 − w: nine 16 × 16 tiles, 18 mma tiles), then each head of the group adds its masked dy·xᵀ.
+// The heads' rows are double-buffered: the next head's land while this one's are used.
 
 constexpr int kPairs = kTiles + 1;  // 16-column tiles per warp
 
@@ -294,18 +309,27 @@ __device__ __forceinline__ void pair_tile(int p, int& mt, int& kk) {
   }
 }
 
+// Shared memory of dcb_kernel: C and B first, then two buffers of a head's dy and x rows, the
+// column sums and two heads' tokens.
 template <int P>
-__host__ __device__ size_t dcb_smem(int64_t state) {
-  const size_t cb = sizeof(bf16) * 2 * kChunk * padded(int(state));
-  const size_t heads = sizeof(bf16) * 2 * kChunk * padded(P) + sizeof(float) * kTiles * kChunk;
-  return (cb > heads ? cb : heads) + sizeof(Tokens);
-}
+struct DcbLayout {
+  static constexpr size_t kRows = sizeof(bf16) * kChunk * padded(P);
+  static constexpr size_t kBuffer = 2 * kRows;
+  static constexpr size_t kColumns = 2 * kBuffer;
+  static constexpr size_t kTokens = kColumns + sizeof(float) * kTiles * kChunk;
+  static constexpr size_t kHeads = kTokens + 2 * sizeof(Tokens);
+  __host__ __device__ static size_t bytes(int64_t state) {
+    const size_t cb = sizeof(bf16) * 2 * kChunk * padded(int(state));
+    return cb > kHeads ? cb : kHeads;
+  }
+};
 
 template <int P>
 __global__ void __launch_bounds__(kThreads)
     dcb_kernel(SsdDims d, const bf16* x, const bf16* dt, const bf16* dy, const bf16* Bm,
                const bf16* Cm, const float* cs, const int32_t* doc, bf16* dcb, float* rows,
                float* cols) {
+  using Layout = DcbLayout<P>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t g = blockIdx.x % d.groups, per_group = d.heads / d.groups;
   const int64_t first = blockIdx.x / d.groups * d.heads + g * per_group;  // (b, c, first head)
@@ -317,8 +341,10 @@ __global__ void __launch_bounds__(kThreads)
   {
     bf16* c_s = reinterpret_cast<bf16*>(smem);
     bf16* b_s = c_s + kChunk * padded(n);
-    load_rows(c_s, Cm + ch0.at_bc(0, 0), ch0.bc_step, ch0.len, n);
-    load_rows(b_s, Bm + ch0.at_bc(0, 0), ch0.bc_step, ch0.len, n);
+    load_rows(c_s, Cm + ch0.at_bc(0, 0), ch0.bc_step, ch0.len, kChunk, n);
+    load_rows(b_s, Bm + ch0.at_bc(0, 0), ch0.bc_step, ch0.len, kChunk, n);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
@@ -332,19 +358,32 @@ __global__ void __launch_bounds__(kThreads)
         mma_bf16(cb[2 * p + 1], a, b[1]);
       }
     }
+    __syncthreads();  // C and B are overwritten by the heads' rows
   }
-  bf16* ys = reinterpret_cast<bf16*>(smem);
-  bf16* xs = ys + kChunk * padded(P);
-  float* col_part = reinterpret_cast<float*>(xs + kChunk * padded(P));  // [row tile][column]
-  Tokens& tok = *reinterpret_cast<Tokens*>(smem + dcb_smem<P>(d.state) - sizeof(Tokens));
+  auto dy_rows = [&](int64_t h) { return reinterpret_cast<bf16*>(smem + h % 2 * Layout::kBuffer); };
+  auto x_rows = [&](int64_t h) { return dy_rows(h) + kChunk * padded(P); };
+  auto tokens = [&](int64_t h) {
+    return reinterpret_cast<Tokens*>(smem + Layout::kTokens) + h % 2;
+  };
+  float* col_part = reinterpret_cast<float*>(smem + Layout::kColumns);  // [row tile][column]
+  auto fetch = [&](int64_t h, Token& next) {
+    const ChunkHead ch(d, first + h);
+    load_rows(dy_rows(h), dy + ch.at_x(0, 0), ch.x_step, ch.len, kChunk, P);
+    load_rows(x_rows(h), x + ch.at_x(0, 0), ch.x_step, ch.len, kChunk, P);
+    cp_async_commit();
+    next.read(ch, cs, dt, doc, [](int) { return 0.f; });
+  };
+  Token next;
+  fetch(0, next);
+  next.store(*tokens(0));
   float acc[2 * kPairs][4] = {};
   for (int64_t h = 0; h < per_group; ++h) {
     const ChunkHead ch(d, first + h);
-    __syncthreads();  // the previous head's readers are done (and C, B before the first)
-    load_rows(ys, dy + ch.at_x(0, 0), ch.x_step, ch.len, P);
-    load_rows(xs, x + ch.at_x(0, 0), ch.x_step, ch.len, P);
-    load_tokens(tok, ch, cs, dt, doc, [](int) { return 0.f; });
-    __syncthreads();
+    cp_async_wait<0>();
+    __syncthreads();  // head h has landed, and every warp is done with head h − 1
+    if (h + 1 < per_group) fetch(h + 1, next);
+    const bf16 *ys = dy_rows(h), *xs = x_rows(h);
+    const Tokens& tok = *tokens(h);
     float row_sum[2][2] = {};  // [pass][g, g + 8]
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
@@ -389,6 +428,7 @@ __global__ void __launch_bounds__(kThreads)
         const float s = quad_sum(row_sum[pass][e]);
         if (l.c == 0 && i < ch.len) rows[ch.at_head(i)] = s;
       }
+    if (h + 1 < per_group) next.store(*tokens(h + 1));
     __syncthreads();
     const int j = int(threadIdx.x);
     if (j < ch.len) {
@@ -423,72 +463,92 @@ __global__ void __launch_bounds__(kThreads)
 // dC and dB: block per (batch, chunk, group) × 64 state columns, one kernel for both:
 //   dC (rows i): dcb·B + Σ_heads decay_in dy S_in,          and off_part = C_i·(that head's term)
 //   dB (rows j): dcbᵀ·C + Σ_heads decay_out dt x dS_out
+// dcb and the intra-chunk operand first; then the heads' rows and state blocks, double-buffered
+// over the same shared memory.
 
 struct BcArgs {
   SsdDims d;
-  const bf16 *v, *k, *r, *dt, *dcb;  // V = dy or x; K = B or C (the intra product); R = C (dC)
-  const float *scale, *states;
+  const bf16 *v, *k, *r, *dt, *dcb, *states;  // V = dy or x; K = B or C; R = C (dC only)
+  const float* scale;
   bf16* out;
   float* off_part;
 };
 
 template <int P>
-constexpr size_t bc_smem() {
-  return sizeof(bf16) * (kChunk * padded(kChunk) + 2 * kChunk * padded(kStateBlock) +
-                         kChunk * padded(P) + P * padded(kStateBlock)) +
-         sizeof(float) * kChunk;
-}
+struct BcLayout {
+  static constexpr size_t kIntra = sizeof(bf16) * (kChunk * padded(kChunk) +
+                                                   kChunk * padded(kStateBlock));
+  static constexpr size_t kRows = sizeof(bf16) * kChunk * padded(P);
+  static constexpr size_t kBuffer = kRows + sizeof(bf16) * P * padded(kStateBlock);
+  static constexpr size_t kScales = 2 * kBuffer;
+  static constexpr size_t kHeads = kScales + 2 * sizeof(float) * kChunk;
+  static constexpr size_t kBytes = kIntra > kHeads ? kIntra : kHeads;
+};
 
 template <int P, bool kDB>
 __global__ void __launch_bounds__(kThreads) bc_kernel(BcArgs a) {
+  using Layout = BcLayout<P>;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* dcb_s = reinterpret_cast<bf16*>(smem);
-  bf16* k_s = dcb_s + kChunk * padded(kChunk);
-  bf16* r_s = k_s + kChunk * padded(kStateBlock);
-  bf16* v_s = r_s + kChunk * padded(kStateBlock);
-  bf16* s_s = v_s + kChunk * padded(P);
-  float* scale_s = reinterpret_cast<float*>(s_s + P * padded(kStateBlock));
   const SsdDims& d = a.d;
   const int64_t g = blockIdx.x % d.groups, per_group = d.heads / d.groups;
   const int64_t first = blockIdx.x / d.groups * d.heads + g * per_group;
   const ChunkHead ch0(d, first);
   const int n0 = int(blockIdx.y) * kStateBlock;
-  const Lane l;
-  load_rows(dcb_s, a.dcb + blockIdx.x * int64_t(kChunk) * kChunk, kChunk, kChunk, kChunk);
-  load_rows(k_s, a.k + ch0.at_bc(0, n0), ch0.bc_step, ch0.len, kStateBlock);
-  if (!kDB) load_rows(r_s, a.r + ch0.at_bc(0, n0), ch0.bc_step, ch0.len, kStateBlock);
-  __syncthreads();
   const int last_tile = (ch0.len - 1) / 16;
+  const Lane l;
   float acc[2][kStateBlock / 8][4] = {};
+  {
+    bf16* dcb_s = reinterpret_cast<bf16*>(smem);
+    bf16* k_s = dcb_s + kChunk * padded(kChunk);
+    load_rows(dcb_s, a.dcb + blockIdx.x * int64_t(kChunk) * kChunk, kChunk, kChunk, kChunk,
+              kChunk);
+    load_rows(k_s, a.k + ch0.at_bc(0, n0), ch0.bc_step, ch0.len, kChunk, kStateBlock);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
 #pragma unroll
-  for (int pass = 0; pass < 2; ++pass) {
-    const int mt = warp_tile(pass);
-    const int k_begin = kDB ? mt : 0, k_end = kDB ? last_tile : mt;
-    for (int kk = k_begin; kk <= k_end; ++kk) {
-      uint32_t af[4];
-      if (kDB)
-        load_a_transposed(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
-      else
-        load_a(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
+    for (int pass = 0; pass < 2; ++pass) {
+      const int mt = warp_tile(pass);
+      const int k_begin = kDB ? mt : 0, k_end = kDB ? last_tile : mt;
+      for (int kk = k_begin; kk <= k_end; ++kk) {
+        uint32_t af[4];
+        if (kDB)
+          load_a_transposed(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
+        else
+          load_a(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
 #pragma unroll
-      for (int np = 0; np < kStateBlock / 16; ++np) {
-        uint32_t b[2][2];
-        load_b(k_s, padded(kStateBlock), 16 * kk, 16 * np, b);
-        mma_bf16(acc[pass][2 * np], af, b[0]);
-        mma_bf16(acc[pass][2 * np + 1], af, b[1]);
+        for (int np = 0; np < kStateBlock / 16; ++np) {
+          uint32_t b[2][2];
+          load_b(k_s, padded(kStateBlock), 16 * kk, 16 * np, b);
+          mma_bf16(acc[pass][2 * np], af, b[0]);
+          mma_bf16(acc[pass][2 * np + 1], af, b[1]);
+        }
       }
     }
+    __syncthreads();  // dcb and K are overwritten by the heads' rows
   }
+  auto v_rows = [&](int64_t h) { return reinterpret_cast<bf16*>(smem + h % 2 * Layout::kBuffer); };
+  auto state = [&](int64_t h) { return v_rows(h) + kChunk * padded(P); };
+  auto scales = [&](int64_t h) {
+    return reinterpret_cast<float*>(smem + Layout::kScales) + h % 2 * kChunk;
+  };
+  auto fetch = [&](int64_t h) {
+    const ChunkHead ch(d, first + h);
+    load_rows(v_rows(h), a.v + ch.at_x(0, 0), ch.x_step, ch.len, kChunk, P);
+    load_rows(state(h), a.states + ch.state0 + n0, d.state, P, P, kStateBlock);
+    cp_async_commit();
+    const int t = int(threadIdx.x);
+    return t < ch.len ? a.scale[ch.at_head(t)] * (kDB ? to_f32(a.dt[ch.at_head(t)]) : 1.f) : 0.f;
+  };
+  float next = fetch(0);
+  scales(0)[threadIdx.x] = next;
   for (int64_t h = 0; h < per_group; ++h) {
     const ChunkHead ch(d, first + h);
+    cp_async_wait<0>();
     __syncthreads();
-    load_rows(v_s, a.v + ch.at_x(0, 0), ch.x_step, ch.len, P);
-    load_state(s_s, a.states + ch.state0 + n0, d.state, P, kStateBlock);
-    for (int t = threadIdx.x; t < kChunk; t += kThreads)
-      scale_s[t] = t < ch.len ? a.scale[ch.at_head(t)] *
-                                    (kDB ? to_f32(a.dt[ch.at_head(t)]) : 1.f)
-                              : 0.f;
-    __syncthreads();
+    if (h + 1 < per_group) next = fetch(h + 1);
+    const bf16 *v_s = v_rows(h), *s_s = state(h);
+    const float* scale_s = scales(h);
 #pragma unroll
     for (int pass = 0; pass < 2; ++pass) {
       const int mt = warp_tile(pass);
@@ -512,21 +572,24 @@ __global__ void __launch_bounds__(kThreads) bc_kernel(BcArgs a) {
         const float s = scale_s[t];
         float off = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < kStateBlock / 8; ++nt)
-#pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            const float term = s * prod[nt][2 * e2 + e1];
-            acc[pass][nt][2 * e2 + e1] += term;
-            if (!kDB)
-              off += __bfloat162float(r_s[t * padded(kStateBlock) + 8 * nt + 2 * l.c + e1]) * term;
+        for (int nt = 0; nt < kStateBlock / 8; ++nt) {
+          const float t0 = s * prod[nt][2 * e2], t1 = s * prod[nt][2 * e2 + 1];
+          acc[pass][nt][2 * e2] += t0;
+          acc[pass][nt][2 * e2 + 1] += t1;
+          if (!kDB && t < ch.len) {
+            const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                a.r + ch.at_bc(t, n0 + 8 * nt + 2 * l.c)));
+            off += c.x * t0 + c.y * t1;
           }
+        }
         if (!kDB) {
           off = quad_sum(off);
-          if (l.c == 0 && t < ch.len) a.off_part[blockIdx.y * d.batch * d.seqlen * d.heads +
-                                                 ch.at_head(t)] = off;
+          if (l.c == 0 && t < ch.len)
+            a.off_part[blockIdx.y * d.batch * d.seqlen * d.heads + ch.at_head(t)] = off;
         }
       }
     }
+    if (h + 1 < per_group) scales(h + 1)[threadIdx.x] = next;
   }
 #pragma unroll
   for (int pass = 0; pass < 2; ++pass)
@@ -584,29 +647,30 @@ bool supports(const SsdDims& d, std::initializer_list<const void*> rows) {
 
 void chunk_state(const SsdDims& d, const float* weight, const bf16* dt, const bf16* u,
                  const bf16* v, float* out) {
-  const dim3 grid(unsigned(d.batch * d.n_chunks * d.heads), unsigned(d.state / kStateBlock));
+  const dim3 grid(unsigned(d.batch * d.n_chunks * d.heads));
   if (grid.x == 0) return;
   with_head_dim(d, [&](auto p) {
     constexpr int P = decltype(p)::value;
-    const size_t smem = sizeof(bf16) * kChunk * (padded(P) + padded(kStateBlock));
+    const size_t smem =
+        sizeof(bf16) * kChunk * (padded(P) + padded(int(d.state))) + sizeof(float) * kChunk;
     launch_with_smem(chunk_state_kernel<P>, grid, kThreads, smem, d, weight, dt, u, v, out);
   });
 }
 
 void scan(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* Bm, const bf16* Cm,
           const bf16* D, const float* cs, const float* decay_in, const int32_t* doc,
-          const float* states, bf16* y) {
+          const bf16* states, bf16* y) {
   if (d.batch * d.n_chunks * d.heads == 0) return;
-  pair<false>({d, x, dt, nullptr, Cm, Bm, x, D, cs, decay_in, states, doc, y, nullptr, nullptr,
+  pair<false>({d, x, dt, nullptr, Cm, Bm, x, D, states, cs, decay_in, doc, y, nullptr, nullptr,
                nullptr});
 }
 
 void dx(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* dy, const bf16* Bm,
         const bf16* Cm, const bf16* D, const float* cs, const float* decay_out,
-        const int32_t* doc, const float* dstates, bf16* dx, float* ddt_part, float* dD_part,
+        const int32_t* doc, const bf16* dstates, bf16* dx, float* ddt_part, float* dD_part,
         float* v_part) {
   if (d.batch * d.n_chunks * d.heads == 0) return;
-  pair<true>({d, x, dt, dy, Bm, Cm, dy, D, cs, decay_out, dstates, doc, dx, ddt_part, dD_part,
+  pair<true>({d, x, dt, dy, Bm, Cm, dy, D, dstates, cs, decay_out, doc, dx, ddt_part, dD_part,
               v_part});
 }
 
@@ -617,30 +681,30 @@ void dcb(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* dy, const 
   if (grid.x == 0) return;
   with_head_dim(d, [&](auto p) {
     constexpr int P = decltype(p)::value;
-    launch_with_smem(dcb_kernel<P>, grid, kThreads, dcb_smem<P>(d.state), d, x, dt, dy, Bm, Cm,
+    launch_with_smem(dcb_kernel<P>, grid, kThreads, DcbLayout<P>::bytes(d.state), d, x, dt, dy, Bm, Cm,
                      cs, doc, dcb, rows, cols);
   });
 }
 
 void dC(const SsdDims& d, const bf16* dy, const bf16* Bm, const bf16* Cm, const float* decay_in,
-        const float* states, const bf16* dcb, bf16* dCm, float* off_part) {
+        const bf16* states, const bf16* dcb, bf16* dCm, float* off_part) {
   const dim3 grid = group_grid(d, d.state / kStateBlock);
   if (grid.x == 0) return;
   with_head_dim(d, [&](auto p) {
     constexpr int P = decltype(p)::value;
-    const BcArgs a{d, dy, Bm, Cm, nullptr, dcb, decay_in, states, dCm, off_part};
-    launch_with_smem(bc_kernel<P, false>, grid, kThreads, bc_smem<P>(), a);
+    const BcArgs a{d, dy, Bm, Cm, nullptr, dcb, states, decay_in, dCm, off_part};
+    launch_with_smem(bc_kernel<P, false>, grid, kThreads, BcLayout<P>::kBytes, a);
   });
 }
 
 void dB(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* Cm, const float* decay_out,
-        const float* dstates, const bf16* dcb, bf16* dBm) {
+        const bf16* dstates, const bf16* dcb, bf16* dBm) {
   const dim3 grid = group_grid(d, d.state / kStateBlock);
   if (grid.x == 0) return;
   with_head_dim(d, [&](auto p) {
     constexpr int P = decltype(p)::value;
-    const BcArgs a{d, x, Cm, nullptr, dt, dcb, decay_out, dstates, dBm, nullptr};
-    launch_with_smem(bc_kernel<P, true>, grid, kThreads, bc_smem<P>(), a);
+    const BcArgs a{d, x, Cm, nullptr, dt, dcb, dstates, decay_out, dBm, nullptr};
+    launch_with_smem(bc_kernel<P, true>, grid, kThreads, BcLayout<P>::kBytes, a);
   });
 }
 
