@@ -40,38 +40,61 @@ namespace {
 
 using namespace ssd_detail;  // and, through it, ssd_tiles
 
-// Step 1, one thread per (batch, chunk, head) walking the chunk's tokens (neighbouring threads
-// are neighbouring heads: coalesced). All [B, S, H] fp32:
+// Step 1, block per (batch, chunk) × 32 heads, thread per (head, one of 8 runs of the chunk's
+// tokens; neighbouring threads are neighbouring heads: coalesced). All [B, S, H] fp32:
 //   cs        = Σ_{k ≤ t in the chunk} dt_k·A (inclusive)
 //   decay_in  = exp(cs_t) where token t continues the incoming state's document, else 0
 //   decay_out = exp(cs_last − cs_t) where t is in the document of the chunk's last token, else 0
-// and doc [B, S], the chunk-local document counter (written by the head-0 threads).
+// and doc [B, S], the chunk-local document counter (written by the head-0 threads). Each run
+// sums its tokens first; a run then starts from the sums of the runs before it, in order.
 template <class T>
-__global__ void chunk_cumsum_kernel(SsdDims d, const T* dt, const T* A, const int32_t* seq_idx,
-                                    float* cs, float* decay_in, float* decay_out, int32_t* doc) {
-  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (flat >= d.batch * d.n_chunks * d.heads) return;
-  const ChunkHead ch(d, flat);
+__global__ void __launch_bounds__(kThreads)
+    chunk_cumsum_kernel(SsdDims d, const T* dt, const T* A, const int32_t* seq_idx, float* cs,
+                        float* decay_in, float* decay_out, int32_t* doc) {
+  __shared__ float run_sum[kDtRuns][kDtHeads];
+  __shared__ int32_t run_docs[kDtRuns][kDtHeads];
+  const int hl = int(threadIdx.x) % kDtHeads, run = int(threadIdx.x) / kDtHeads;
+  const int64_t h = int64_t(blockIdx.y) * kDtHeads + hl;
+  const bool active = h < d.heads;
+  const ChunkHead ch(d, int64_t(blockIdx.x) * d.heads + (active ? h : 0));
   auto changes = [&](int t) {  // does a document start at chunk-local token t?
     const int64_t r = ch.at_row(t);
     return seq_idx != nullptr && ch.t0 + t > 0 && seq_idx[r] != seq_idx[r - 1];
   };
-  const float a = to_f32(A[ch.h]);
+  const int per_run = (ch.len + kDtRuns - 1) / kDtRuns;
+  const int begin = min(run * per_run, ch.len), end = min(begin + per_run, ch.len);
+  const float a = active ? to_f32(A[ch.h]) : 0.f;
+  float own = 0.f;
+  int32_t own_docs = 0;
+  for (int t = begin; active && t < end; ++t) {
+    own += to_f32(dt[ch.at_head(t)]) * a;
+    own_docs += changes(t);
+  }
+  run_sum[run][hl] = own;
+  run_docs[run][hl] = own_docs;
+  __syncthreads();
+  __shared__ float last_cs[kDtHeads];
   float sum = 0.f;
-  int32_t counter = 0;
-  for (int t = 0; t < ch.len; ++t) {
+  int32_t counter = 0, last_doc = 0;
+  for (int r = 0; r < kDtRuns; ++r) {
+    if (r < run) sum += run_sum[r][hl], counter += run_docs[r][hl];
+    last_doc += run_docs[r][hl];
+  }
+  const int32_t first_counter = counter;
+  for (int t = begin; active && t < end; ++t) {
     sum += to_f32(dt[ch.at_head(t)]) * a;
     if (changes(t)) ++counter;
+    if (t == ch.len - 1) last_cs[hl] = sum;  // the same float as the last token's cs
     cs[ch.at_head(t)] = sum;
     decay_in[ch.at_head(t)] = counter == 0 ? expf(sum) : 0.f;
     if (ch.h == 0) doc[ch.at_row(t)] = counter;
   }
-  const int32_t last_doc = counter;
-  const float last_cs = sum;
-  counter = 0;
-  for (int t = 0; t < ch.len; ++t) {
+  __syncthreads();
+  counter = first_counter;
+  for (int t = begin; active && t < end; ++t) {
     if (changes(t)) ++counter;
-    decay_out[ch.at_head(t)] = counter == last_doc ? expf(last_cs - cs[ch.at_head(t)]) : 0.f;
+    decay_out[ch.at_head(t)] =
+        counter == last_doc ? expf(last_cs[hl] - cs[ch.at_head(t)]) : 0.f;
   }
 }
 
@@ -368,7 +391,8 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
       Tensor(), Tensor()};
   const int64_t units = d.batch * d.n_chunks * d.heads;
   if (units > 0) {
-    chunk_cumsum_kernel<T><<<blocks_for(units, kThreads), kThreads, 0, stream()>>>(
+    const dim3 grid(unsigned(d.batch * d.n_chunks), blocks_for(d.heads, kDtHeads));
+    chunk_cumsum_kernel<T><<<grid, kThreads, 0, stream()>>>(
         d, ptr<T>(dt), ptr<T>(A), ptr_or_null<int32_t>(seq_idx), ptr<float>(r.cs),
         ptr<float>(r.decay_in), ptr<float>(r.decay_out), ptr<int32_t>(r.doc));
     NH_CUDA_CHECK_LAUNCH();

@@ -251,8 +251,6 @@ struct TokenParts {
 // and the chunk's shares of dA (Σ dt_t·suffix_t) and dD into da_part, dd_part [B, n_chunks, H]
 // (fp64, as the CPU's sums). Each run sums its dcs first; a run's suffix then starts from the
 // sums of the runs after it, added in a fixed order.
-constexpr int kDtHeads = 32, kDtRuns = kThreads / kDtHeads;
-
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     finish_dt_kernel(SsdDims d, const T* dt, const T* A, const float* decay_in,

@@ -17,6 +17,10 @@ using namespace ssd_tiles;
 template <class T>
 constexpr int kMatrixBlocks = std::is_same_v<T, bf16> ? 3 : 1;
 
+// The per-token walks over a chunk (chunk_cumsum, finish_dt): block per (batch, chunk) × 32
+// heads, thread per (head, one of 8 runs of the chunk's tokens).
+constexpr int kDtHeads = 32, kDtRuns = kThreads / kDtHeads;
+
 struct SsdDims {
   int64_t batch, seqlen, heads, head_dim, groups, state, chunk, n_chunks;
 };
