@@ -83,9 +83,10 @@ void time_steps(const Options& o, Model& model, Optimizer* opt, Device device, D
     const auto t0 = std::chrono::steady_clock::now();
     model.zero_grads();
     Tensor none;
+    model.head_gradients_in_next_forward(1.0);  // as the trainer: Σ loss, scaled in the step
     const LossSum l = model.forward(ids, targets, Tensor(), none);
-    model.backward(1.0 / double(l.count));
-    if (opt) opt->step(1.0, 1e-5, i + 1);
+    model.backward(1.0);
+    if (opt) opt->step(1.0 / double(l.count), 1e-5, i + 1);
     if (device == Device::CUDA) cuda_synchronize();
     const double step_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

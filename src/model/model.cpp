@@ -358,6 +358,11 @@ void Model::write_model_dir(const std::string& dir, const ModelConfig& config,
     }
 }
 
+Tensor Model::head_grad() {
+  const std::string head = weights_.tied_head ? "embeddings.weight" : "lm_head.weight";
+  return grads_.has(head) ? grads_.at(head) : Tensor();
+}
+
 const Tensor& Model::head_weight() const {
   return weights_.params.at(weights_.tied_head ? "embeddings.weight" : "lm_head.weight");
 }
@@ -418,7 +423,18 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
                   final_normed_, final_rstd_);
   Tensor labels = targets_.defined() ? targets_.reshape({t}) : Tensor();
   if (sp_ && labels.defined()) labels = my_rows(labels);
-  LossSum loss = head_logits(final_normed_, labels, logits);
+  const std::optional<double> head_scale = std::exchange(head_grad_scale_, std::nullopt);
+  dfinal_ = Tensor();
+  LossSum loss;
+  if (head_scale && labels.defined() && !logits.defined()) {
+    dfinal_ = Tensor::empty({mine, d}, dt, dev);
+    dfinal_scale_ = *head_scale;
+    Tensor dhead = head_grad();
+    loss = lm_head_loss_forward_backward(final_normed_, head_weight(), labels, *head_scale,
+                                         dfinal_, dhead);
+  } else {
+    loss = head_logits(final_normed_, labels, logits);
+  }
   if (sp_) {  // each rank scored its own tokens
     loss.sum = tp_->all_reduce(loss.sum);
     loss.count = int64_t(tp_->all_reduce(double(loss.count)));
@@ -459,11 +475,15 @@ void Model::backward(double grad_scale) {
   const int64_t t = batch_.tokens(), d = config_.hidden_size;
   const int64_t mine = sp_ ? t / tp_->size() : t;  // the residual stream's tokens here
 
-  Tensor dfinal = Tensor::empty({mine, d}, dt, dev);
-  const std::string head = weights_.tied_head ? "embeddings.weight" : "lm_head.weight";
-  Tensor dhead = grads_.has(head) ? grads_.at(head) : Tensor();
-  const Tensor labels = sp_ ? my_rows(targets_.reshape({t})) : targets_.reshape({t});
-  lm_head_loss_backward(final_normed_, head_weight(), labels, grad_scale, dfinal, dhead);
+  Tensor dfinal = std::exchange(dfinal_, Tensor());
+  if (dfinal.defined()) {  // the forward computed the head's gradients
+    NH_CHECK(dfinal_scale_ == grad_scale, "backward's grad_scale differs from the forward's");
+  } else {
+    dfinal = Tensor::empty({mine, d}, dt, dev);
+    const Tensor labels = sp_ ? my_rows(targets_.reshape({t})) : targets_.reshape({t});
+    Tensor dhead = head_grad();
+    lm_head_loss_backward(final_normed_, head_weight(), labels, grad_scale, dfinal, dhead);
+  }
   Tensor dh = Tensor::empty({mine, d}, dt, dev);
   Tensor dnorm_f = grads_.at("norm_f.weight");
   rmsnorm_backward(final_in_, weights_.params.at("norm_f.weight"), final_rstd_, dfinal, dh,

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,11 @@ class Model {
                   Tensor& logits);
   // After forward with targets: gradients of grad_scale · Σ loss accumulate into grads().
   void backward(double grad_scale);
+  // The next forward (with targets, no logits) also computes the LM head's gradients for a
+  // backward(grad_scale) that follows, in one pass over the head instead of two
+  // (lm_head_loss_forward_backward). Only for training: a forward that no backward follows
+  // would leave them accumulated.
+  void head_gradients_in_next_forward(double grad_scale) { head_grad_scale_ = grad_scale; }
 
   // Inference (decoding with state, SPEC §2-3). A zeroed state on the model's device for `rows`
   // sequences of up to `capacity` positions each, whose attention layers share a pool of KV
@@ -165,6 +171,7 @@ class Model {
   void bind();
   void bind_mixers();
   const Tensor& head_weight() const;
+  Tensor head_grad();  // its gradient, or undefined (a frozen head)
   // Logits of the rows of `normed` (the final norm's output) into `logits`, converting.
   LossSum head_logits(const Tensor& normed, const Tensor& labels, Tensor& logits) const;
   // Layer l's pre-norm weight (the final norm's when l = layers).
@@ -203,6 +210,11 @@ class Model {
   Tensor ids_, targets_;
   std::vector<Tensor> resid_, normed_, rstd_;
   Tensor final_in_, final_normed_, final_rstd_;
+  // head_gradients_in_next_forward: the scale asked for, and the head's input gradient the
+  // forward computed with it (for the backward).
+  std::optional<double> head_grad_scale_;
+  double dfinal_scale_ = 0;
+  Tensor dfinal_;
 };
 
 // transformers' labels are unshifted: position t is trained to predict labels[t + 1].

@@ -7,6 +7,9 @@
 //   backward: dh [T, D] overwritten, dw [V, D] accumulated (skipped when undefined: a frozen
 //             head); each row's gradient is (softmax − onehot) · grad_scale (1/count for the
 //             mean loss). Ignored rows get 0.
+//   forward_backward: both at once (the loss of forward without logits, the gradients of
+//             backward), three matrix products per chunk of rows instead of four; for training,
+//             where the loss scale is known before the forward.
 // A label outside [0, V) other than -100 is an Error.
 #pragma once
 
@@ -24,12 +27,16 @@ LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& lab
                              Tensor& logits);
 void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                            double grad_scale, Tensor& dh, Tensor& dw);
+LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
+                                      double grad_scale, Tensor& dh, Tensor& dw);
 }  // namespace cpu
 namespace cuda {
 LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& labels,
                              Tensor& logits);
 void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                            double grad_scale, Tensor& dh, Tensor& dw);
+LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
+                                      double grad_scale, Tensor& dh, Tensor& dw);
 }  // namespace cuda
 
 inline LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& labels,
@@ -39,6 +46,11 @@ inline LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tens
 inline void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                                   double grad_scale, Tensor& dh, Tensor& dw) {
   NH_DISPATCH(h.device(), lm_head_loss_backward(h, w, labels, grad_scale, dh, dw));
+}
+inline LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w,
+                                             const Tensor& labels, double grad_scale, Tensor& dh,
+                                             Tensor& dw) {
+  NH_DISPATCH_RETURN(h.device(), lm_head_loss_forward_backward(h, w, labels, grad_scale, dh, dw));
 }
 
 }  // namespace nh

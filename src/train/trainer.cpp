@@ -322,6 +322,7 @@ TrainOutcome train(const Recipe& r, bool resume, bool quiet) {
       model.set_final_backward(micro + dp >= accum);
       model.set_lora_dropout(true, r.seed ^ (uint64_t(step) << 20) ^ uint64_t(micro));
       Tensor none;
+      model.head_gradients_in_next_forward(1.0);
       const LossSum l = model.forward(b.ids, b.targets, b.seq_idx, none);
       model.backward(1.0);  // Σ loss; scaled by 1/tokens of the whole global batch below
       loss_sum += l.sum;

@@ -70,6 +70,15 @@ void expect_matches_cpu(const Shape& h_shape, int64_t vocab, DType dtype, bool w
   if (with_logits) expect_close(tag + "logits", glogits, logits, tol);
   expect_close(tag + "dh", gdh, dh, tol);
   expect_close(tag + "dw", gdw, dw, tol);
+
+  // The one-pass op (training's) gives the same loss and gradients.
+  Tensor fdh = gpu_empty(h_shape, dtype), fdw = to_gpu(dw0, dtype);
+  const LossSum both =
+      cuda::lm_head_loss_forward_backward(gh, gw, glabels, grad_scale, fdh, fdw);
+  EXPECT_EQ(both.count, ref.count) << tag;
+  expect_close(tag + "loss sum, one pass", to_gpu(scalar(both.sum)), scalar(ref.sum), tol);
+  expect_close(tag + "dh, one pass", fdh, dh, tol);
+  expect_close(tag + "dw, one pass", fdw, dw, tol);
 }
 
 // 1500 rows: one full chunk of 1024 and a partial one.
@@ -122,6 +131,8 @@ TEST(CudaLmHeadLoss, RejectsALabelOutsideTheVocabularyBeforeTouchingDw) {
   Tensor dh = gpu_empty({8, 16}, DType::F32), dw = to_gpu(dw0);
   EXPECT_THROW(cuda::lm_head_loss_backward(h, w, labels, 1.0, dh, dw), Error);
   expect_close("dw after the rejected backward", dw, dw0, 0.0);
+  EXPECT_THROW(cuda::lm_head_loss_forward_backward(h, w, labels, 1.0, dh, dw), Error);
+  expect_close("dw after the rejected forward_backward", dw, dw0, 0.0);
 }
 
 TEST(CudaLmHeadLoss, RejectsBadShapesDtypesAndCpuTensors) {

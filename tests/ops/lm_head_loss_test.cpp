@@ -135,6 +135,24 @@ TEST(LmHeadLoss, BackwardMatchesNumericGradientOfMeanLoss) {
   expect_grad_close("dw", w, dw, loss);
 }
 
+// The one-pass op of training: the forward's loss and the backward's gradients, exactly.
+TEST(LmHeadLoss, ForwardBackwardGivesTheLossAndTheGradientsOfTheTwoPasses) {
+  const int64_t rows = 140, dim = 5, vocab = 9;
+  Tensor h = random_tensor({rows, dim}, 13), w = random_tensor({vocab, dim}, 14);
+  Tensor labels = make_labels(rows, vocab, 15, [](int64_t t) { return t % 5 == 2; });
+  Tensor none, dh = random_tensor({rows, dim}, 16), dh_both = random_tensor({rows, dim}, 17);
+  Tensor dw = random_tensor({vocab, dim}, 18), dw_both = dw.clone();
+  const LossSum loss = lm_head_loss_forward(h, w, labels, none);
+  lm_head_loss_backward(h, w, labels, 0.25, dh, dw);
+  const LossSum both = lm_head_loss_forward_backward(h, w, labels, 0.25, dh_both, dw_both);
+  EXPECT_EQ(both.sum, loss.sum);
+  EXPECT_EQ(both.count, loss.count);
+  for (int64_t i = 0; i < dh.numel(); ++i)
+    ASSERT_EQ(dh_both.data<double>()[i], dh.data<double>()[i]) << i;
+  for (int64_t i = 0; i < dw.numel(); ++i)
+    ASSERT_EQ(dw_both.data<double>()[i], dw.data<double>()[i]) << i;
+}
+
 // Logits of size ~100 overflow exp in fp32 unless the log-sum-exp is shifted by the maximum.
 TEST(LmHeadLoss, FloatWithLargeLogitsMatchesDouble) {
   const int64_t rows = 37, dim = 16, vocab = 23;

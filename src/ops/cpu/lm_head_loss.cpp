@@ -146,4 +146,13 @@ void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& label
   });
 }
 
+// The CPU computes the two passes one after the other (the chunked logits twice).
+LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
+                                      double grad_scale, Tensor& dh, Tensor& dw) {
+  Tensor no_logits;
+  const LossSum loss = cpu::lm_head_loss_forward(h, w, labels, no_logits);
+  cpu::lm_head_loss_backward(h, w, labels, grad_scale, dh, dw);
+  return loss;
+}
+
 }  // namespace nh::cpu

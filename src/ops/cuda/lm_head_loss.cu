@@ -143,17 +143,22 @@ __global__ void cross_entropy_rows_kernel(const T* logits, const int64_t* labels
 }
 
 // One block per row of a chunk, in place: logits[row] becomes
-// (softmax(logits[row]) − onehot(label)) · grad_scale, or 0 for ignored (or bad) labels.
+// (softmax(logits[row]) − onehot(label)) · grad_scale, or 0 for ignored (or bad) labels; with
+// `terms`, also terms[row] as cross_entropy_rows_kernel writes it.
 template <class T>
 __global__ void softmax_minus_onehot_kernel(T* logits, const int64_t* labels, int64_t vocab,
-                                            float grad_scale) {
+                                            float grad_scale, float* terms) {
   const int64_t row = blockIdx.x, label = labels[row];
   T* x = logits + row * vocab;
   if (!counted(label, vocab)) {
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) x[i] = from_f32<T>(0.f);
+    if (terms != nullptr && threadIdx.x == 0) terms[row] = 0.f;
     return;
   }
+  const float target = to_f32(x[label]);  // read before row_logsumexp's barriers: then it is
+                                          // overwritten
   const float lse = row_logsumexp(x, vocab);
+  if (terms != nullptr && threadIdx.x == 0) terms[row] = lse - target;
   for_row_runs(x, vocab, [&](int64_t i, const float* v, int n) {
     alignas(16) T out[kVec<T>];
     for (int j = 0; j < n; ++j)
@@ -248,6 +253,81 @@ void chunk_logits(const Tensor& h, const Tensor& w, const HeadDims& d, int64_t r
   gemm(false, true, n, d.vocab, d.dim, 1.f, hp, d.dim, w.raw(), d.dim, 0.f, lg, d.vocab, h.dtype());
 }
 
+// The loss from per-row terms: summed on the GPU (loss_sum_kernel) into `result` (whose
+// first_bad the caller's label check filled, or a fresh buffer with none found), read back.
+LossSum sum_terms(const Tensor& terms, const Tensor& labels, const HeadDims& d,
+                  Tensor result_buf = Tensor()) {
+  if (!result_buf.defined()) {
+    result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
+    NH_CUDA_CHECK(cudaMemsetAsync(result_buf.raw(), 0xff, sizeof(LossResult), stream()));
+  }
+  LossResult* result = static_cast<LossResult*>(result_buf.raw());
+  loss_sum_kernel<<<1, kSumThreads, 0, stream()>>>(ptr<const float>(terms),
+                                                   ptr<const int64_t>(labels), d.rows, d.vocab,
+                                                   result);
+  NH_CUDA_CHECK_LAUNCH();
+  LossResult host;
+  NH_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(host), cudaMemcpyDeviceToHost, stream()));
+  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  if (host.first_bad != kNoBadRow) throw_bad_label(labels, host.first_bad, d.vocab);
+  return {host.sum, int64_t(host.count)};
+}
+
+// The label check of the backward ops, before they touch dw: one synchronisation.
+void check_labels_now(const Tensor& labels, const HeadDims& d) {
+  const Tensor result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
+  LossResult* result = static_cast<LossResult*>(result_buf.raw());
+  launch_label_check(labels, d, result);
+  unsigned long long first_bad = 0;
+  NH_CUDA_CHECK(cudaMemcpyAsync(&first_bad, &result->first_bad, sizeof(first_bad),
+                                cudaMemcpyDeviceToHost, stream()));
+  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  if (first_bad != kNoBadRow) throw_bad_label(labels, first_bad, d.vocab);
+}
+
+void check_gradients(const Tensor& h, const Tensor& w, const Tensor& dh, const Tensor& dw) {
+  require_cuda(dh, "lm_head_loss", "dh");
+  require_cuda(dw, "lm_head_loss", "dw");
+  if (dh.shape() != h.shape() || dh.dtype() != h.dtype())
+    throw Error("lm_head_loss", "dh",
+                std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
+                std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
+  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
+    throw Error("lm_head_loss", "dw",
+                std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
+                std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
+}
+
+// dh overwritten and dw accumulated, chunk by chunk: the chunk's logits, turned into
+// (softmax − onehot) · grad_scale in place (0 for ignored rows, computed in fp32 and stored in
+// the dtype of h; with `terms`, the loss terms too), then dh = G · w and dw += Gᵀ · h. A BF16 dw
+// is rounded once per chunk.
+void head_gradients(const Tensor& h, const Tensor& w, const Tensor& labels, const HeadDims& d,
+                    double grad_scale, Tensor& dh, Tensor& dw, float* terms) {
+  const size_t elem = dtype_size(h.dtype());
+  const Tensor grad =
+      Tensor::empty({std::min(kChunkRows, d.rows), d.vocab}, h.dtype(), Device::CUDA);
+  const int64_t* lp = ptr<const int64_t>(labels);
+  for (int64_t r0 = 0; r0 < d.rows; r0 += kChunkRows) {
+    const int64_t n = std::min(kChunkRows, d.rows - r0);
+    chunk_logits(h, w, d, r0, n, grad.raw());
+    with_gpu_float_type(h.dtype(), [&](auto zero) {
+      using T = decltype(zero);
+      softmax_minus_onehot_kernel<T><<<unsigned(n), kRowThreads, 0, stream()>>>(
+          ptr<T>(grad), lp + r0, d.vocab, float(grad_scale),
+          terms != nullptr ? terms + r0 : nullptr);
+      NH_CUDA_CHECK_LAUNCH();
+    });
+    const char* hp = static_cast<const char*>(h.raw()) + r0 * d.dim * elem;
+    char* dhp = static_cast<char*>(dh.raw()) + r0 * d.dim * elem;
+    gemm(false, false, n, d.dim, d.vocab, 1.f, grad.raw(), d.vocab, w.raw(), d.dim, 0.f, dhp, d.dim,
+         h.dtype());
+    if (dw.defined())
+      gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(),
+           d.dim, h.dtype());
+  }
+}
+
 }  // namespace
 
 // h [T, D], w [V, D], labels I64 [T] -> Σ over counted rows of lse − logit[label] (fp32 terms,
@@ -286,66 +366,30 @@ LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& lab
       NH_CUDA_CHECK_LAUNCH();
     });
   }
-  loss_sum_kernel<<<1, kSumThreads, 0, stream()>>>(ptr<const float>(terms), lp, d.rows, d.vocab,
-                                                   result);
-  NH_CUDA_CHECK_LAUNCH();
-
-  LossResult host;
-  NH_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(host), cudaMemcpyDeviceToHost, stream()));
-  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  if (host.first_bad != kNoBadRow) throw_bad_label(labels, host.first_bad, d.vocab);
-  return {host.sum, int64_t(host.count)};
+  return sum_terms(terms, labels, d, result_buf);
 }
 
-// dh [T, D] overwritten, dw [V, D] accumulated. Each chunk's logits are recomputed, turned into
-// (softmax − onehot) · grad_scale in place (0 for ignored rows, computed in fp32 and stored in
-// the dtype of h), then dh = G · w and dw += Gᵀ · h. A BF16 dw is rounded once per chunk.
+// dh [T, D] overwritten, dw [V, D] accumulated (head_gradients).
 void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                            double grad_scale, Tensor& dh, Tensor& dw) {
   const HeadDims d = check_head(h, w, labels);
-  require_cuda(dh, "lm_head_loss", "dh");
-  require_cuda(dw, "lm_head_loss", "dw");
-  if (dh.shape() != h.shape() || dh.dtype() != h.dtype())
-    throw Error("lm_head_loss", "dh",
-                std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
-                std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
-  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
-    throw Error("lm_head_loss", "dw",
-                std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
-                std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
+  check_gradients(h, w, dh, dw);
   if (d.rows == 0) return;
-  {
-    const Tensor result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
-    LossResult* result = static_cast<LossResult*>(result_buf.raw());
-    launch_label_check(labels, d, result);
-    unsigned long long first_bad = 0;
-    NH_CUDA_CHECK(cudaMemcpyAsync(&first_bad, &result->first_bad, sizeof(first_bad),
-                                  cudaMemcpyDeviceToHost, stream()));
-    NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
-    if (first_bad != kNoBadRow) throw_bad_label(labels, first_bad, d.vocab);
-  }
+  check_labels_now(labels, d);
+  head_gradients(h, w, labels, d, grad_scale, dh, dw, nullptr);
+}
 
-  const size_t elem = dtype_size(h.dtype());
-  const Tensor grad =
-      Tensor::empty({std::min(kChunkRows, d.rows), d.vocab}, h.dtype(), Device::CUDA);
-  const int64_t* lp = ptr<const int64_t>(labels);
-  for (int64_t r0 = 0; r0 < d.rows; r0 += kChunkRows) {
-    const int64_t n = std::min(kChunkRows, d.rows - r0);
-    chunk_logits(h, w, d, r0, n, grad.raw());
-    with_gpu_float_type(h.dtype(), [&](auto zero) {
-      using T = decltype(zero);
-      softmax_minus_onehot_kernel<T><<<unsigned(n), kRowThreads, 0, stream()>>>(
-          ptr<T>(grad), lp + r0, d.vocab, float(grad_scale));
-      NH_CUDA_CHECK_LAUNCH();
-    });
-    const char* hp = static_cast<const char*>(h.raw()) + r0 * d.dim * elem;
-    char* dhp = static_cast<char*>(dh.raw()) + r0 * d.dim * elem;
-    gemm(false, false, n, d.dim, d.vocab, 1.f, grad.raw(), d.vocab, w.raw(), d.dim, 0.f, dhp, d.dim,
-         h.dtype());
-    if (dw.defined())
-      gemm(true, false, d.vocab, d.dim, n, 1.f, grad.raw(), d.vocab, hp, d.dim, 1.f, dw.raw(),
-           d.dim, h.dtype());
-  }
+// The forward's loss and the backward's gradients in one pass over the chunks: three GEMMs per
+// chunk instead of four.
+LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
+                                      double grad_scale, Tensor& dh, Tensor& dw) {
+  const HeadDims d = check_head(h, w, labels);
+  check_gradients(h, w, dh, dw);
+  if (d.rows == 0) return {};
+  check_labels_now(labels, d);
+  const Tensor terms = Tensor::empty({d.rows}, DType::F32, Device::CUDA);
+  head_gradients(h, w, labels, d, grad_scale, dh, dw, ptr<float>(terms));
+  return sum_terms(terms, labels, d);
 }
 
 }  // namespace nh::cuda
