@@ -16,18 +16,22 @@ struct AdamWStep {
   double grad_scale = 1;
 };
 
+// With `copy` (param's shape, any float dtype), the updated param is also written there: the
+// model's bf16 weights from fp32 masters, in the same pass.
 namespace cpu {
-void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
+                Tensor* copy = nullptr);
 double sum_of_squares(const Tensor& t);
 }  // namespace cpu
 namespace cuda {
-void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
+                Tensor* copy = nullptr);
 double sum_of_squares(const Tensor& t);
 }  // namespace cuda
 
-inline void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
-                       const AdamWStep& s) {
-  NH_DISPATCH(param.device(), adamw_step(param, grad, m, v, s));
+inline void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
+                       Tensor* copy = nullptr) {
+  NH_DISPATCH(param.device(), adamw_step(param, grad, m, v, s, copy));
 }
 // Σ t², accumulated in double, in a fixed order (the same result on every run).
 inline double sum_of_squares(const Tensor& t) {

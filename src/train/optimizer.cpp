@@ -77,8 +77,7 @@ StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
                 step,
                 scale};
     if (s.master.defined()) {
-      adamw_step(s.master, s.grad, s.m, s.v, a);
-      s.param.copy_from(s.master);
+      adamw_step(s.master, s.grad, s.m, s.v, a, &s.param);
     } else {
       adamw_step(s.param, s.grad, s.m, s.v, a);
     }

@@ -29,6 +29,7 @@ TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
       for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] = std::fabs(v.data<float>()[i]);
       const Tensor param0 = param.clone();
       Tensor gparam = to_gpu(param), gm = to_gpu(m), gv = to_gpu(v);
+      Tensor gcopy = test::gpu_zeros(shape, DType::BF16);  // the model's weights, written too
       for (int64_t step = 1; step <= 3; ++step) {
         const Tensor grad = random_cpu(shape, seed++);
         const AdamWStep s{.lr = 0.1,
@@ -39,7 +40,7 @@ TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
                           .step = step,
                           .grad_scale = 0.5};
         cpu::adamw_step(param, grad, m, v, s);
-        cuda::adamw_step(gparam, to_gpu(grad, grad_dtype), gm, gv, s);
+        cuda::adamw_step(gparam, to_gpu(grad, grad_dtype), gm, gv, s, &gcopy);
       }
       Tensor delta = param.clone(), gdelta = to_cpu(gparam);
       for (int64_t i = 0; i < delta.numel(); ++i) {
@@ -53,6 +54,7 @@ TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
       expect_close("adamw update " + what, to_gpu(gdelta), delta, tol);
       expect_close("adamw m " + what, gm, m, tol);
       expect_close("adamw v " + what, gv, v, tol);
+      expect_close("adamw bf16 copy " + what, gcopy, param, test::tolerance(DType::BF16));
     }
 }
 

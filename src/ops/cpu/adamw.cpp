@@ -6,7 +6,8 @@
 
 namespace nh::cpu {
 
-void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) {
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
+                Tensor* copy) {
   const int64_t n = param.numel();
   if (grad.numel() != n || m.numel() != n || v.numel() != n || m.dtype() != param.dtype() ||
       v.dtype() != param.dtype())
@@ -34,6 +35,7 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
       }
     });
   });
+  if (copy != nullptr) copy->copy_from(param);
 }
 
 double sum_of_squares(const Tensor& t) {

@@ -26,20 +26,54 @@ struct AdamWScalars {
   float inv_c1, inv_c2;  // 1 / (1 − β^t)
 };
 
-// One fused AdamW update per element, grid-stride.
-template <class G>
+__device__ __forceinline__ void adamw_update(float& w, float& m, float& v, float grad,
+                                             const AdamWScalars& s) {
+  const float g = grad * s.grad_scale;
+  m = s.beta1 * m + (1.f - s.beta1) * g;
+  v = s.beta2 * v + (1.f - s.beta2) * g * g;
+  w -= s.lr * ((m * s.inv_c1) / (sqrtf(v * s.inv_c2) + s.eps) + s.weight_decay * w);
+}
+
+// Four consecutive elements of a float or bf16 array, 16 or 8 bytes at a time.
+__device__ __forceinline__ void load4(const float* p, float (&x)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void load4(const bf16* p, float (&x)[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  x[0] = lo.x, x[1] = lo.y, x[2] = hi.x, x[3] = hi.y;
+}
+__device__ __forceinline__ void store4(float* p, const float (&x)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
+__device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
+  *reinterpret_cast<uint2*>(p) =
+      make_uint2(*reinterpret_cast<const unsigned*>(&lo), *reinterpret_cast<const unsigned*>(&hi));
+}
+
+// One fused AdamW update per element, grid-stride, kVec (1 or 4) elements at a time; with
+// `copy`, the updated parameter is also written there in C (the model's bf16 weights).
+template <int kVec, class G, class C>
 __global__ void adamw_step_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
-                                  AdamWScalars s) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = to_f32(grad[i]) * s.grad_scale;
-    const float mi = s.beta1 * m[i] + (1.f - s.beta1) * g;
-    const float vi = s.beta2 * v[i] + (1.f - s.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const float w = param[i];
-    const float update = (mi * s.inv_c1) / (sqrtf(vi * s.inv_c2) + s.eps) + s.weight_decay * w;
-    param[i] = w - s.lr * update;
+                                  AdamWScalars s, C* copy) {
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * kVec) {
+    if constexpr (kVec == 4) {
+      float w[4], mi[4], vi[4], g[4];
+      load4(param + i, w), load4(m + i, mi), load4(v + i, vi), load4(grad + i, g);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) adamw_update(w[k], mi[k], vi[k], g[k], s);
+      store4(param + i, w), store4(m + i, mi), store4(v + i, vi);
+      if (copy != nullptr) store4(copy + i, w);
+    } else {
+      float w = param[i], mi = m[i], vi = v[i];
+      adamw_update(w, mi, vi, to_f32(grad[i]), s);
+      param[i] = w, m[i] = mi, v[i] = vi;
+      if (copy != nullptr) copy[i] = from_f32<C>(w);
+    }
   }
 }
 
@@ -89,11 +123,13 @@ void check_state(const Tensor& t, const Tensor& param, const char* name) {
 
 }  // namespace
 
-void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) {
+void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
+                Tensor* copy) {
   require_cuda(param, "adamw", "param");
   check_state(grad, param, "grad");
   check_state(m, param, "m");
   check_state(v, param, "v");
+  if (copy != nullptr) check_state(*copy, param, "copy");
   for (const Tensor* t : {&param, &m, &v})
     if (t->dtype() != DType::F32)
       throw Error("adamw", "param, m and v dtype", "F32 (on the GPU)", dtype_name(t->dtype()));
@@ -107,12 +143,27 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
                              float(s.grad_scale),
                              float(1 / (1 - std::pow(s.beta1, double(s.step)))),
                              float(1 / (1 - std::pow(s.beta2, double(s.step))))};
-  const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(n, kThreads), kMaxBlocks));
+  // Four elements at a time where every array allows (tensors inside flat buffers may not).
+  bool vec = n % 4 == 0;
+  const Tensor* arrays[] = {&param, &grad, &m, &v, copy};
+  for (const Tensor* t : arrays)
+    if (t != nullptr)
+      vec = vec && reinterpret_cast<uintptr_t>(t->raw()) % (4 * dtype_size(t->dtype())) == 0;
+  const unsigned blocks =
+      unsigned(std::min<int64_t>(blocks_for(vec ? n / 4 : n, kThreads), kMaxBlocks));
   with_gpu_float_type(grad.dtype(), [&](auto zero) {
     using G = decltype(zero);
-    adamw_step_kernel<G><<<blocks, kThreads, 0, stream()>>>(
-        ptr<float>(param), ptr<G>(grad), ptr<float>(m), ptr<float>(v), n, scalars);
-    NH_CUDA_CHECK_LAUNCH();
+    with_gpu_float_type(copy != nullptr ? copy->dtype() : DType::BF16, [&](auto czero) {
+      using C = decltype(czero);
+      C* out = copy != nullptr ? ptr<C>(*copy) : nullptr;
+      if (vec)
+        adamw_step_kernel<4><<<blocks, kThreads, 0, stream()>>>(
+            ptr<float>(param), ptr<G>(grad), ptr<float>(m), ptr<float>(v), n, scalars, out);
+      else
+        adamw_step_kernel<1><<<blocks, kThreads, 0, stream()>>>(
+            ptr<float>(param), ptr<G>(grad), ptr<float>(m), ptr<float>(v), n, scalars, out);
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
