@@ -430,8 +430,8 @@ LossSum Model::forward(const Tensor& ids, const Tensor& targets, const Tensor& s
     dfinal_ = Tensor::empty({mine, d}, dt, dev);
     dfinal_scale_ = *head_scale;
     Tensor dhead = head_grad();
-    loss = lm_head_loss_forward_backward(final_normed_, head_weight(), labels, *head_scale,
-                                         dfinal_, dhead);
+    loss = lm_head_loss_forward_backward(final_normed_, head_weight(), labels, *head_scale, dfinal_,
+                                         dhead);
   } else {
     loss = head_logits(final_normed_, labels, logits);
   }

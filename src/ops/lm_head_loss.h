@@ -47,9 +47,8 @@ inline void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor
                                   double grad_scale, Tensor& dh, Tensor& dw) {
   NH_DISPATCH(h.device(), lm_head_loss_backward(h, w, labels, grad_scale, dh, dw));
 }
-inline LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w,
-                                             const Tensor& labels, double grad_scale, Tensor& dh,
-                                             Tensor& dw) {
+inline LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
+                                             double grad_scale, Tensor& dh, Tensor& dw) {
   NH_DISPATCH_RETURN(h.device(), lm_head_loss_forward_backward(h, w, labels, grad_scale, dh, dw));
 }
 
