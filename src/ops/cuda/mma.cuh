@@ -91,6 +91,24 @@ __device__ __forceinline__ void load_b(const __nv_bfloat16* x, int stride, int k
   b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
+// acc[2j], acc[2j + 1] += a · B for the 16 columns n0 + 16j … of B, j < kPairs: a row tile's
+// product with kPairs column pairs, B read by load_b (kTransposed false) or load_b_transposed.
+template <int kPairs, bool kTransposed = false>
+__device__ __forceinline__ void mma_column_pairs(float (*acc)[4], const uint32_t (&a)[4],
+                                                 const __nv_bfloat16* x, int stride, int k0,
+                                                 int n0) {
+#pragma unroll
+  for (int j = 0; j < kPairs; ++j) {
+    uint32_t b[2][2];
+    if constexpr (kTransposed)
+      load_b_transposed(x, stride, n0 + 16 * j, k0, b);
+    else
+      load_b(x, stride, k0, n0 + 16 * j, b);
+    mma_bf16(acc[2 * j], a, b[0]);
+    mma_bf16(acc[2 * j + 1], a, b[1]);
+  }
+}
+
 // The A fragment of 16 columns of a 16-row product held as the C fragments of its first (lo)
 // and last (hi) 8 columns, rounded to bf16.
 __device__ __forceinline__ void c_to_a(const float (&lo)[4], const float (&hi)[4],

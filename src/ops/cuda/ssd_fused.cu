@@ -130,13 +130,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int ks = 0; ks < k_steps; ++ks) {
       uint32_t a[4];
       load_a_transposed(us, padded(P), 16 * mt, 16 * ks, a);
-#pragma unroll
-      for (int np = 0; np < kStateBlock / 16; ++np) {
-        uint32_t b[2][2];
-        load_b(vs, padded(n), 16 * ks, n0 + 16 * np, b);
-        mma_bf16(acc[2 * np], a, b[0]);
-        mma_bf16(acc[2 * np + 1], a, b[1]);
-      }
+      mma_column_pairs<kStateBlock / 16>(acc, a, vs, padded(n), 16 * ks, n0);
     }
 #pragma unroll
     for (int nt = 0; nt < kStateBlock / 8; ++nt) {
@@ -201,13 +195,7 @@ __global__ void __launch_bounds__(kThreads) pair_kernel(PairArgs a) {
     float acc[P / 8][4] = {};
 #pragma unroll
     for (int s = 0; s < N / 16; ++s)
-#pragma unroll
-      for (int np = 0; np < P / 16; ++np) {
-        uint32_t b[2][2];
-        load_b_transposed(ss, padded(N), 16 * np, 16 * s, b);
-        mma_bf16(acc[2 * np], ra[s], b[0]);
-        mma_bf16(acc[2 * np + 1], ra[s], b[1]);
-      }
+      mma_column_pairs<P / 16, true>(acc, ra[s], ss, padded(N), 16 * s, 0);
     const int row[2] = {r0 + l.g, r0 + l.g + 8};
     float state_x[2] = {0.f, 0.f};  // backward: x_j·(decay_out_j dS_out B_j)
 #pragma unroll
@@ -245,13 +233,7 @@ __global__ void __launch_bounds__(kThreads) pair_kernel(PairArgs a) {
         }
       uint32_t af[4];
       c_to_a(sk[0], sk[1], af);
-#pragma unroll
-      for (int np = 0; np < P / 16; ++np) {
-        uint32_t b[2][2];
-        load_b(vs, padded(P), 16 * kk, 16 * np, b);
-        mma_bf16(acc[2 * np], af, b[0]);
-        mma_bf16(acc[2 * np + 1], af, b[1]);
-      }
+      mma_column_pairs<P / 16>(acc, af, vs, padded(P), 16 * kk, 0);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -516,13 +498,7 @@ __global__ void __launch_bounds__(kThreads) bc_kernel(BcArgs a) {
           load_a_transposed(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
         else
           load_a(dcb_s, padded(kChunk), 16 * mt, 16 * kk, af);
-#pragma unroll
-        for (int np = 0; np < kStateBlock / 16; ++np) {
-          uint32_t b[2][2];
-          load_b(k_s, padded(kStateBlock), 16 * kk, 16 * np, b);
-          mma_bf16(acc[pass][2 * np], af, b[0]);
-          mma_bf16(acc[pass][2 * np + 1], af, b[1]);
-        }
+        mma_column_pairs<kStateBlock / 16>(acc[pass], af, k_s, padded(kStateBlock), 16 * kk, 0);
       }
     }
     __syncthreads();  // dcb and K are overwritten by the heads' rows
@@ -558,13 +534,7 @@ __global__ void __launch_bounds__(kThreads) bc_kernel(BcArgs a) {
       for (int s = 0; s < P / 16; ++s) {
         uint32_t af[4];
         load_a(v_s, padded(P), 16 * mt, 16 * s, af);
-#pragma unroll
-        for (int np = 0; np < kStateBlock / 16; ++np) {
-          uint32_t b[2][2];
-          load_b(s_s, padded(kStateBlock), 16 * s, 16 * np, b);
-          mma_bf16(prod[2 * np], af, b[0]);
-          mma_bf16(prod[2 * np + 1], af, b[1]);
-        }
+        mma_column_pairs<kStateBlock / 16>(prod, af, s_s, padded(kStateBlock), 16 * s, 0);
       }
 #pragma unroll
       for (int e2 = 0; e2 < 2; ++e2) {
@@ -636,6 +606,16 @@ dim3 group_grid(const SsdDims& d, int64_t columns) {
   return dim3(unsigned(d.batch * d.n_chunks * d.groups), unsigned(columns));
 }
 
+template <bool kDB>
+void bc(const BcArgs& a) {
+  const dim3 grid = group_grid(a.d, a.d.state / kStateBlock);
+  if (grid.x == 0) return;
+  with_head_dim(a.d, [&](auto p) {
+    constexpr int P = decltype(p)::value;
+    launch_with_smem(bc_kernel<P, kDB>, grid, kThreads, BcLayout<P>::kBytes, a);
+  });
+}
+
 }  // namespace
 
 bool supports(const SsdDims& d, std::initializer_list<const void*> rows) {
@@ -688,24 +668,12 @@ void dcb(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* dy, const 
 
 void dC(const SsdDims& d, const bf16* dy, const bf16* Bm, const bf16* Cm, const float* decay_in,
         const bf16* states, const bf16* dcb, bf16* dCm, float* off_part) {
-  const dim3 grid = group_grid(d, d.state / kStateBlock);
-  if (grid.x == 0) return;
-  with_head_dim(d, [&](auto p) {
-    constexpr int P = decltype(p)::value;
-    const BcArgs a{d, dy, Bm, Cm, nullptr, dcb, states, decay_in, dCm, off_part};
-    launch_with_smem(bc_kernel<P, false>, grid, kThreads, BcLayout<P>::kBytes, a);
-  });
+  bc<false>({d, dy, Bm, Cm, nullptr, dcb, states, decay_in, dCm, off_part});
 }
 
 void dB(const SsdDims& d, const bf16* x, const bf16* dt, const bf16* Cm, const float* decay_out,
         const bf16* dstates, const bf16* dcb, bf16* dBm) {
-  const dim3 grid = group_grid(d, d.state / kStateBlock);
-  if (grid.x == 0) return;
-  with_head_dim(d, [&](auto p) {
-    constexpr int P = decltype(p)::value;
-    const BcArgs a{d, x, Cm, nullptr, dt, dcb, dstates, decay_out, dBm, nullptr};
-    launch_with_smem(bc_kernel<P, true>, grid, kThreads, BcLayout<P>::kBytes, a);
-  });
+  bc<true>({d, x, Cm, nullptr, dt, dcb, dstates, decay_out, dBm, nullptr});
 }
 
 }  // namespace nh::cuda::ssd_fused
