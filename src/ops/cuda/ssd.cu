@@ -6,7 +6,9 @@
 //             state_decay_grad, chunk_dyx (dy·xᵀ per head), chunk_dcs, chunk_dx, chunk_dC,
 //             chunk_dB → finish_dt →
 //             group_sum, param_grad
-// Storage F32 or BF16; cumulative sums, decays, states and every product in fp32.
+// Storage F32 or BF16; cumulative sums, decays, states and every product in fp32. For bf16 at
+// the models' shapes the fused kernels of ssd_fused.cuh replace chunk_cb, chunk_state,
+// chunk_scan and the backward's per-chunk kernels (use_fused); the steps around them are shared.
 //
 // Documents: seq_idx becomes a per-chunk counter that goes up by one wherever seq_idx changes,
 // counted from the token before the chunk. "Same document" is "same counter" (also when a row
