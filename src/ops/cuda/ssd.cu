@@ -55,6 +55,7 @@ __global__ void __launch_bounds__(kThreads)
                         float* decay_in, float* decay_out, int32_t* doc) {
   __shared__ float run_sum[kDtRuns][kDtHeads];
   __shared__ int32_t run_docs[kDtRuns][kDtHeads];
+  __shared__ float last_cs[kDtHeads];
   const int hl = int(threadIdx.x) % kDtHeads, run = int(threadIdx.x) / kDtHeads;
   const int64_t h = int64_t(blockIdx.y) * kDtHeads + hl;
   const bool active = h < d.heads;
@@ -75,7 +76,6 @@ __global__ void __launch_bounds__(kThreads)
   run_sum[run][hl] = own;
   run_docs[run][hl] = own_docs;
   __syncthreads();
-  __shared__ float last_cs[kDtHeads];
   float sum = 0.f;
   int32_t counter = 0, last_doc = 0;
   for (int r = 0; r < kDtRuns; ++r) {
@@ -357,25 +357,36 @@ void with_entering(Tensor& own, const Tensor& entering, F&& f) {
     f(ptr<float>(own));
 }
 
-// Step 3 of chunk_states: the states entering each chunk, from the chunks' own terms.
+// Step 2 (forward) or the backward's first: each chunk's own term of the state (or of its
+// gradient) into `own` [B, n_chunks, H, P, N] fp32, by the fused kernel or the tile kernel.
 template <class T>
-void pass_states(const SsdDims& d, ChunkStates& r, const Tensor& initial_state,
-                 Tensor& final_state) {
+void own_states(const SsdDims& d, bool fused, const Tensor& weight, const T* dt, const Tensor& u,
+                const Tensor& v, Tensor& own) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused) {
+      ssd_fused::chunk_state(d, ptr<float>(weight), dt, ptr<T>(u), ptr<T>(v), ptr<float>(own));
+      return;
+    }
+  }
+  const dim3 grid(unsigned(d.batch * d.n_chunks * d.heads), tiles(d.head_dim), tiles(d.state));
+  if (!has_blocks(grid)) return;
+  chunk_state_kernel<T><<<grid, kThreads, 0, stream()>>>(d, ptr<float>(weight), dt, ptr<T>(u),
+                                                         ptr<T>(v), ptr<float>(own));
+  NH_CUDA_CHECK_LAUNCH();
+}
+
+// Step 3 (forward, from `start`) or the backward's reverse walk: the states entering each chunk
+// from the chunks' own terms in `own`, into `entering` when it is defined (bf16, for the fused
+// kernels) or in place; the last state into `end`.
+template <class T, class E>
+void pass_states(const SsdDims& d, Tensor& own, const Tensor& entering, const Tensor& decay_in,
+                 bool reverse, const T* start, E* end) {
   const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
   if (elements == 0) return;
-  auto launch = [&](auto* end) {
-    with_entering(r.states, r.entering, [&](auto* entering) {
-      pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-          d, ptr<float>(r.states), entering, ptr<float>(r.decay_in), false,
-          ptr_or_null<T>(initial_state), end);
-    });
-  };
-  if (!final_state.defined())
-    launch(static_cast<T*>(nullptr));
-  else if (final_state.dtype() == DType::F32)
-    launch(ptr<float>(final_state));
-  else
-    launch(ptr<T>(final_state));
+  with_entering(own, entering, [&](auto* to) {
+    pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+        d, ptr<float>(own), to, ptr<float>(decay_in), reverse, start, end);
+  });
   NH_CUDA_CHECK_LAUNCH();
 }
 
@@ -399,31 +410,28 @@ ChunkStates chunk_states(const SsdDims& d, const Tensor& x, const Tensor& dt, co
         ptr<float>(r.decay_in), ptr<float>(r.decay_out), ptr<int32_t>(r.doc));
     NH_CUDA_CHECK_LAUNCH();
   }
-  if constexpr (std::is_same_v<T, bf16>) {
-    if (fused) {
-      r.entering = Tensor::empty(r.states.shape(), DType::BF16, Device::CUDA);
-      ssd_fused::chunk_state(d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm),
-                             ptr<float>(r.states));
-      pass_states<T>(d, r, initial_state, final_state);
-      return r;
+  if (fused) {
+    r.entering = Tensor::empty(r.states.shape(), DType::BF16, Device::CUDA);
+  } else {
+    r.cb =
+        Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::F32, Device::CUDA);
+    const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
+    const dim3 cb_grid(unsigned(d.batch * d.n_chunks * d.groups), unsigned(row_tiles),
+                       unsigned(row_tiles));
+    if (has_blocks(cb_grid)) {
+      chunk_cb_kernel<T>
+          <<<cb_grid, kThreads, 0, stream()>>>(d, ptr<T>(Bm), ptr<T>(Cm), ptr<float>(r.cb));
+      NH_CUDA_CHECK_LAUNCH();
     }
   }
-  r.cb = Tensor::empty({d.batch, d.n_chunks, d.groups, d.chunk, d.chunk}, DType::F32, Device::CUDA);
-  const int64_t row_tiles = tiles(std::min(d.chunk, d.seqlen));
-  const dim3 cb_grid(unsigned(d.batch * d.n_chunks * d.groups), unsigned(row_tiles),
-                     unsigned(row_tiles));
-  if (has_blocks(cb_grid)) {
-    chunk_cb_kernel<T>
-        <<<cb_grid, kThreads, 0, stream()>>>(d, ptr<T>(Bm), ptr<T>(Cm), ptr<float>(r.cb));
-    NH_CUDA_CHECK_LAUNCH();
-  }
-  const dim3 grid(unsigned(units), tiles(d.head_dim), tiles(d.state));
-  if (has_blocks(grid)) {
-    chunk_state_kernel<T><<<grid, kThreads, 0, stream()>>>(
-        d, ptr<float>(r.decay_out), ptr<T>(dt), ptr<T>(x), ptr<T>(Bm), ptr<float>(r.states));
-    NH_CUDA_CHECK_LAUNCH();
-  }
-  pass_states<T>(d, r, initial_state, final_state);
+  own_states<T>(d, fused, r.decay_out, ptr<T>(dt), x, Bm, r.states);
+  const T* start = ptr_or_null<T>(initial_state);
+  if (!final_state.defined())
+    pass_states(d, r.states, r.entering, r.decay_in, false, start, static_cast<T*>(nullptr));
+  else if (final_state.dtype() == DType::F32)
+    pass_states(d, r.states, r.entering, r.decay_in, false, start, ptr<float>(final_state));
+  else
+    pass_states(d, r.states, r.entering, r.decay_in, false, start, ptr<T>(final_state));
   return r;
 }
 
@@ -581,30 +589,11 @@ void ssd_backward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tens
 
     // dS_out of every chunk: each chunk's own term, then passed backwards.
     Tensor dstates = f32({d.batch, d.n_chunks, d.heads, d.head_dim, d.state});
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (fused)
-        ssd_fused::chunk_state(d, ptr<float>(cs.decay_in), nullptr, ptr<T>(dy), ptr<T>(Cm),
-                               ptr<float>(dstates));
-    }
-    const dim3 state_grid{unsigned(units), tiles(d.head_dim), tiles(d.state)};
-    if (!fused && has_blocks(state_grid)) {
-      chunk_state_kernel<T><<<state_grid, kThreads, 0, stream()>>>(
-          d, ptr<float>(cs.decay_in), static_cast<const T*>(nullptr), ptr<T>(dy), ptr<T>(Cm),
-          ptr<float>(dstates));
-      NH_CUDA_CHECK_LAUNCH();
-    }
+    own_states<T>(d, fused, cs.decay_in, static_cast<const T*>(nullptr), dy, Cm, dstates);
     const Tensor dentering =
         fused ? Tensor::empty(dstates.shape(), DType::BF16, Device::CUDA) : Tensor();
-    const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
-    if (elements > 0) {
-      with_entering(dstates, dentering, [&](auto* entering) {
-        pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-            d, ptr<float>(dstates), entering, ptr<float>(cs.decay_in), true,
-            static_cast<const T*>(nullptr),
-            dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
-      });
-      NH_CUDA_CHECK_LAUNCH();
-    }
+    pass_states(d, dstates, dentering, cs.decay_in, true, static_cast<const T*>(nullptr),
+                dinitial_state.defined() ? ptr<T>(dinitial_state) : nullptr);
     Tensor ddecay = f32({units});
     if (units > 0) {
       with_entering(dstates, dentering, [&](auto* dout) {
