@@ -13,6 +13,9 @@
 // A label outside [0, V) other than -100 is an Error.
 #pragma once
 
+#include <string>
+
+#include "core/error.h"
 #include "ops/dispatch.h"
 
 namespace nh {
@@ -51,5 +54,46 @@ inline LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, c
                                              double grad_scale, Tensor& dh, Tensor& dw) {
   NH_DISPATCH_RETURN(h.device(), lm_head_loss_forward_backward(h, w, labels, grad_scale, dh, dw));
 }
+
+// The argument checks that do not depend on the device, shared by the CPU and CUDA
+// implementations (each adds its own: the CPU the label values, CUDA the devices and dtypes).
+namespace lm_head {
+
+struct HeadDims {
+  int64_t rows, dim, vocab;
+};
+
+// h [T, D] (any leading shape) and w [V, D].
+inline HeadDims check_shapes(const Tensor& h, const Tensor& w) {
+  if (w.ndim() != 2 || h.ndim() < 1 || h.size(-1) != w.size(1))
+    throw Error("lm_head_loss", "h and w shapes", "h [T, D] and w [V, D]",
+                "h " + shape_str(h.shape()) + ", w " + shape_str(w.shape()));
+  return {w.size(1) ? h.numel() / w.size(1) : 0, w.size(1), w.size(0)};
+}
+
+// w of h's dtype; labels I64 with T elements.
+inline void check_types(const Tensor& h, const Tensor& w, const Tensor& labels, const HeadDims& d) {
+  if (w.dtype() != h.dtype())
+    throw Error("lm_head_loss", "w dtype", dtype_name(h.dtype()), dtype_name(w.dtype()));
+  if (labels.dtype() != DType::I64)
+    throw Error("lm_head_loss", "labels dtype", "I64", dtype_name(labels.dtype()));
+  if (labels.numel() != d.rows)
+    throw Error("lm_head_loss", "labels shape", std::to_string(d.rows) + " elements",
+                shape_str(labels.shape()));
+}
+
+// dh of h's shape and dtype; dw, when defined, of w's.
+inline void check_gradients(const Tensor& h, const Tensor& w, const Tensor& dh, const Tensor& dw) {
+  if (dh.shape() != h.shape() || dh.dtype() != h.dtype())
+    throw Error("lm_head_loss", "dh",
+                std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
+                std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
+  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
+    throw Error("lm_head_loss", "dw",
+                std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
+                std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
+}
+
+}  // namespace lm_head
 
 }  // namespace nh

@@ -16,23 +16,12 @@ namespace {
 constexpr int64_t kChunkRows = 128;
 constexpr int64_t kIgnoreIndex = -100;
 
-struct HeadDims {
-  int64_t rows, dim, vocab;
-};
+using lm_head::HeadDims;
 
 // Checks h [T, D] (any leading shape), w [V, D] and labels (T elements, each in [0, V) or -100).
 HeadDims check_head(const Tensor& h, const Tensor& w, const Tensor& labels) {
-  if (w.ndim() != 2 || h.ndim() < 1 || h.size(-1) != w.size(1))
-    throw Error("lm_head_loss", "h and w shapes", "h [T, D] and w [V, D]",
-                "h " + shape_str(h.shape()) + ", w " + shape_str(w.shape()));
-  if (w.dtype() != h.dtype())
-    throw Error("lm_head_loss", "w dtype", dtype_name(h.dtype()), dtype_name(w.dtype()));
-  const HeadDims d{w.size(1) ? h.numel() / w.size(1) : 0, w.size(1), w.size(0)};
-  if (labels.dtype() != DType::I64)
-    throw Error("lm_head_loss", "labels dtype", "I64", dtype_name(labels.dtype()));
-  if (labels.numel() != d.rows)
-    throw Error("lm_head_loss", "labels shape", std::to_string(d.rows) + " elements",
-                shape_str(labels.shape()));
+  const HeadDims d = lm_head::check_shapes(h, w);
+  lm_head::check_types(h, w, labels, d);
   const int64_t* lp = labels.data<int64_t>();
   for (int64_t t = 0; t < d.rows; ++t)
     if (lp[t] != kIgnoreIndex && (lp[t] < 0 || lp[t] >= d.vocab))
@@ -99,14 +88,7 @@ LossSum lm_head_loss_forward(const Tensor& h, const Tensor& w, const Tensor& lab
 void lm_head_loss_backward(const Tensor& h, const Tensor& w, const Tensor& labels,
                            double grad_scale, Tensor& dh, Tensor& dw) {
   const HeadDims d = check_head(h, w, labels);
-  if (dh.shape() != h.shape() || dh.dtype() != h.dtype())
-    throw Error("lm_head_loss", "dh",
-                std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
-                std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
-  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
-    throw Error("lm_head_loss", "dw",
-                std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
-                std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
+  lm_head::check_gradients(h, w, dh, dw);
   with_float_type(h.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T* hp = h.data<T>();

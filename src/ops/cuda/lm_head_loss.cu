@@ -200,9 +200,7 @@ __global__ void __launch_bounds__(kSumThreads)
   }
 }
 
-struct HeadDims {
-  int64_t rows, dim, vocab;
-};
+using lm_head::HeadDims;
 
 // Checks h [T, D] (any leading shape) in F32 or BF16, w [V, D] of the same dtype and labels
 // (T elements, I64), all on the GPU. The label values are checked on the GPU (launch_label_check).
@@ -210,19 +208,10 @@ HeadDims check_head(const Tensor& h, const Tensor& w, const Tensor& labels) {
   require_cuda(h, "lm_head_loss", "h");
   require_cuda(w, "lm_head_loss", "w");
   require_cuda(labels, "lm_head_loss", "labels");
-  if (w.ndim() != 2 || h.ndim() < 1 || h.size(-1) != w.size(1))
-    throw Error("lm_head_loss", "h and w shapes", "h [T, D] and w [V, D]",
-                "h " + shape_str(h.shape()) + ", w " + shape_str(w.shape()));
+  const HeadDims d = lm_head::check_shapes(h, w);
   if (h.dtype() != DType::F32 && h.dtype() != DType::BF16)
     throw Error("lm_head_loss", "h dtype", "F32 or BF16 on CUDA", dtype_name(h.dtype()));
-  if (w.dtype() != h.dtype())
-    throw Error("lm_head_loss", "w dtype", dtype_name(h.dtype()), dtype_name(w.dtype()));
-  const HeadDims d{w.size(1) ? h.numel() / w.size(1) : 0, w.size(1), w.size(0)};
-  if (labels.dtype() != DType::I64)
-    throw Error("lm_head_loss", "labels dtype", "I64", dtype_name(labels.dtype()));
-  if (labels.numel() != d.rows)
-    throw Error("lm_head_loss", "labels shape", std::to_string(d.rows) + " elements",
-                shape_str(labels.shape()));
+  lm_head::check_types(h, w, labels, d);
   return d;
 }
 
@@ -253,14 +242,10 @@ void chunk_logits(const Tensor& h, const Tensor& w, const HeadDims& d, int64_t r
   gemm(false, true, n, d.vocab, d.dim, 1.f, hp, d.dim, w.raw(), d.dim, 0.f, lg, d.vocab, h.dtype());
 }
 
-// The loss from per-row terms: summed on the GPU (loss_sum_kernel) into `result` (whose
-// first_bad the caller's label check filled, or a fresh buffer with none found), read back.
+// The loss from per-row terms: summed on the GPU (loss_sum_kernel) into the LossResult in
+// `result_buf`, whose first_bad the caller's label check filled, and read back.
 LossSum sum_terms(const Tensor& terms, const Tensor& labels, const HeadDims& d,
-                  Tensor result_buf = Tensor()) {
-  if (!result_buf.defined()) {
-    result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
-    NH_CUDA_CHECK(cudaMemsetAsync(result_buf.raw(), 0xff, sizeof(LossResult), stream()));
-  }
+                  const Tensor& result_buf) {
   LossResult* result = static_cast<LossResult*>(result_buf.raw());
   loss_sum_kernel<<<1, kSumThreads, 0, stream()>>>(ptr<const float>(terms),
                                                    ptr<const int64_t>(labels), d.rows, d.vocab,
@@ -273,9 +258,10 @@ LossSum sum_terms(const Tensor& terms, const Tensor& labels, const HeadDims& d,
   return {host.sum, int64_t(host.count)};
 }
 
-// The label check of the backward ops, before they touch dw: one synchronisation.
-void check_labels_now(const Tensor& labels, const HeadDims& d) {
-  const Tensor result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
+// The label check of the backward ops, before they touch dw: one synchronisation. Returns the
+// LossResult buffer it filled (for sum_terms).
+Tensor check_labels_now(const Tensor& labels, const HeadDims& d) {
+  Tensor result_buf = Tensor::empty({int64_t(sizeof(LossResult))}, DType::U8, Device::CUDA);
   LossResult* result = static_cast<LossResult*>(result_buf.raw());
   launch_label_check(labels, d, result);
   unsigned long long first_bad = 0;
@@ -283,19 +269,13 @@ void check_labels_now(const Tensor& labels, const HeadDims& d) {
                                 cudaMemcpyDeviceToHost, stream()));
   NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
   if (first_bad != kNoBadRow) throw_bad_label(labels, first_bad, d.vocab);
+  return result_buf;
 }
 
 void check_gradients(const Tensor& h, const Tensor& w, const Tensor& dh, const Tensor& dw) {
   require_cuda(dh, "lm_head_loss", "dh");
   require_cuda(dw, "lm_head_loss", "dw");
-  if (dh.shape() != h.shape() || dh.dtype() != h.dtype())
-    throw Error("lm_head_loss", "dh",
-                std::string(dtype_name(h.dtype())) + " " + shape_str(h.shape()),
-                std::string(dtype_name(dh.dtype())) + " " + shape_str(dh.shape()));
-  if (dw.defined() && (dw.shape() != w.shape() || dw.dtype() != w.dtype()))
-    throw Error("lm_head_loss", "dw",
-                std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()),
-                std::string(dtype_name(dw.dtype())) + " " + shape_str(dw.shape()));
+  lm_head::check_gradients(h, w, dh, dw);
 }
 
 // dh overwritten and dw accumulated, chunk by chunk: the chunk's logits, turned into
@@ -386,10 +366,10 @@ LossSum lm_head_loss_forward_backward(const Tensor& h, const Tensor& w, const Te
   const HeadDims d = check_head(h, w, labels);
   check_gradients(h, w, dh, dw);
   if (d.rows == 0) return {};
-  check_labels_now(labels, d);
+  const Tensor result_buf = check_labels_now(labels, d);
   const Tensor terms = Tensor::empty({d.rows}, DType::F32, Device::CUDA);
   head_gradients(h, w, labels, d, grad_scale, dh, dw, ptr<float>(terms));
-  return sum_terms(terms, labels, d);
+  return sum_terms(terms, labels, d, result_buf);
 }
 
 }  // namespace nh::cuda
