@@ -27,6 +27,7 @@
 #include "bench_model.h"
 #include "core/cuda_memory.h"
 #include "core/device_select.h"
+#include "core/kernel_versions.h"
 #include "cuda_bench.h"
 #include "ops/attention.h"
 #include "ops/causal_conv1d.h"
@@ -107,6 +108,17 @@ std::vector<GemmShape> gemm_shapes(const ModelConfig& c) {
           {"lm_head", d, c.vocab_size}};
 }
 
+// Calls f(name) once per kernel version of `op` in the playground (core/kernel_versions.h) with
+// NH_KERNELS selecting it: name is the op for its default version, op_version for the others
+// (ssd_tiles, attention_simt, …), so the versions come out side by side.
+void for_each_version(const std::string& op, const std::function<void(const std::string&)>& f) {
+  const std::vector<std::string> versions = kernel_versions(op);
+  for (size_t i = 0; i < versions.size(); ++i) {
+    const KernelVersionScope scope(op, versions[i]);
+    f(i == 0 ? op : op + "_" + versions[i]);
+  }
+}
+
 void bench_gemms(Bench& b, const ModelConfig& c, int64_t t) {
   for (const GemmShape& g : gemm_shapes(c)) {
     const Tensor x = random_gpu({t, g.k}, kAct, 1), w = random_gpu({g.n, g.k}, kAct, 2, 0.02);
@@ -146,9 +158,8 @@ void bench_ssd(Bench& b, const ModelConfig& c, int64_t t) {
   const double io = kBf16 * double(t) * double(2 * h * p + 2 * g * n + h);
   const nlohmann::ordered_json shape = {{"H", h}, {"P", p}, {"G", g}, {"N", n}, {"chunk", q}};
   // "ssd" is what the model runs (the fused kernels at these shapes), "ssd_tiles" the tile
-  // kernels they replaced (NH_SSD_KERNELS=tiles, ops/cuda/ssd.cu), side by side.
-  for (const std::string kernels : {"ssd", "ssd_tiles"}) {
-    if (kernels == "ssd_tiles") setenv("NH_SSD_KERNELS", "tiles", 1);
+  // kernels they replaced, side by side.
+  for_each_version("ssd", [&](const std::string& kernels) {
     b.time(
         kernels + ".fwd", t, flops, io,
         [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); }, shape);
@@ -160,8 +171,7 @@ void bench_ssd(Bench& b, const ModelConfig& c, int64_t t) {
           ssd_backward(x, dt, a, bm, cm, d, q, none, none, dy, dx, ddt, da, dbm, dcm, dd, none);
         },
         shape);
-  }
-  unsetenv("NH_SSD_KERNELS");
+  });
 }
 
 void bench_conv(Bench& b, const ModelConfig& c, int64_t t) {
@@ -197,16 +207,18 @@ void bench_attention(Bench& b, const ModelConfig& c, int64_t t) {
   const double flops = 2.0 * double(t) * double(t) * double(h * hd);
   const double io = kBf16 * double(t * (2 * h + 2 * kv) * hd);
   const nlohmann::ordered_json shape = {{"heads", h}, {"kv_heads", kv}, {"head_dim", hd}};
-  b.time(
-      "attention.fwd", t, flops, io, [&] { attention_forward(q, k, v, none, scale, out, lse); },
-      shape);
-  b.time(
-      "attention.fwd_bwd", t, 3.5 * flops, 3 * io,
-      [&] {
-        attention_forward(q, k, v, none, scale, out, lse);
-        attention_backward(q, k, v, none, scale, out, lse, dout, dq, dk, dv);
-      },
-      shape);
+  for_each_version("attention", [&](const std::string& name) {
+    b.time(
+        name + ".fwd", t, flops, io, [&] { attention_forward(q, k, v, none, scale, out, lse); },
+        shape);
+    b.time(
+        name + ".fwd_bwd", t, 3.5 * flops, 3 * io,
+        [&] {
+          attention_forward(q, k, v, none, scale, out, lse);
+          attention_backward(q, k, v, none, scale, out, lse, dout, dq, dk, dv);
+        },
+        shape);
+  });
 }
 
 void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
@@ -335,8 +347,10 @@ int run(const Options& o) {
   // master and both moments, write the bf16 parameter.
   int64_t step = 0;
   if (b.wants("adamw"))
-    b.time("adamw.step", 0, 0, double(params) * (2 * 2 + 3 * 4 * 2 + 2),
-           [&] { opt.step(1.0, 1e-5, ++step); }, {{"params", params}});
+    for_each_version("adamw", [&](const std::string& name) {
+      b.time(name + ".step", 0, 0, double(params) * (2 * 2 + 3 * 4 * 2 + 2),
+             [&] { opt.step(1.0, 1e-5, ++step); }, {{"params", params}});
+    });
   if (b.wants("step")) {
     Rng rng(o.seed);
     const Tensor ids = random_token_ids({1, o.seq}, c.vocab_size, rng).to(Device::CUDA);

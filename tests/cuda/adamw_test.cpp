@@ -20,7 +20,7 @@ const Shape kShapes[] = {{1}, {7, 3}, {1000}, {257, 129}, {1 << 20}, {3, 1000003
 // Three steps (bias corrections change each step) with weight decay and a gradient scale. The
 // step is computed in fp32 on the GPU and in double on the CPU; lr = 0.1 makes the update large
 // enough that comparing param − param₀ (not only param ≈ param₀) checks the update itself.
-TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
+void expect_three_steps_match_cpu() {
   uint64_t seed = 1;
   for (DType grad_dtype : {DType::F32, DType::BF16})
     for (const Shape& shape : kShapes) {
@@ -56,6 +56,11 @@ TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
       expect_close("adamw v " + what, gv, v, tol);
       expect_close("adamw bf16 copy " + what, gcopy, param, test::tolerance(DType::BF16));
     }
+}
+
+// Every version of the kernel (core/kernel_versions.h).
+TEST(CudaAdamW, ThreeStepsMatchCpuWithF32AndBf16Gradients) {
+  test::for_each_kernel_version("adamw", expect_three_steps_match_cpu);
 }
 
 TEST(CudaAdamW, MismatchedSizesAndDtypesThrow) {

@@ -47,8 +47,8 @@ Tensor document_ids(const AttnShape& s, const std::vector<int64_t>& lengths) {
 }
 
 // Runs forward and backward on the CPU in F32 and on the GPU in `dtype` (lse in F32) from the
-// same inputs, and compares out, lse, dq, dk and dv. The GPU backward uses the GPU's own out
-// and lse, as training does.
+// same inputs, and compares out, lse, dq, dk and dv, for every version of the GPU kernels. The
+// GPU backward uses the GPU's own out and lse, as training does.
 void expect_matches_cpu(const AttnShape& s, DType dtype, const Tensor& seq_idx, uint64_t seed) {
   const Shape q_shape = {s.batch, s.seqlen, s.q_heads, s.head_dim};
   const Shape kv_shape = {s.batch, s.seqlen, s.kv_heads, s.head_dim};
@@ -66,20 +66,22 @@ void expect_matches_cpu(const AttnShape& s, DType dtype, const Tensor& seq_idx, 
   const Tensor gq = to_gpu(q, dtype), gk = to_gpu(k, dtype), gv = to_gpu(v, dtype),
                gdout = to_gpu(dout, dtype);
   const Tensor gseq = seq_idx.defined() ? to_gpu(seq_idx) : Tensor();
-  Tensor gout = gpu_empty(q_shape, dtype), glse = gpu_empty(lse_shape, DType::F32);
-  cuda::attention_forward(gq, gk, gv, gseq, scale, gout, glse);
-  Tensor gdq = gpu_empty(q_shape, dtype), gdk = gpu_empty(kv_shape, dtype),
-         gdv = gpu_empty(kv_shape, dtype);
-  cuda::attention_backward(gq, gk, gv, gseq, scale, gout, glse, gdout, gdq, gdk, gdv);
+  test::for_each_kernel_version("attention", [&] {
+    Tensor gout = gpu_empty(q_shape, dtype), glse = gpu_empty(lse_shape, DType::F32);
+    cuda::attention_forward(gq, gk, gv, gseq, scale, gout, glse);
+    Tensor gdq = gpu_empty(q_shape, dtype), gdk = gpu_empty(kv_shape, dtype),
+           gdv = gpu_empty(kv_shape, dtype);
+    cuda::attention_backward(gq, gk, gv, gseq, scale, gout, glse, gdout, gdq, gdk, gdv);
 
-  const double tol = test::tolerance(dtype);
-  const std::string tag =
-      std::string(dtype_name(dtype)) + " " + describe(s) + (seq_idx.defined() ? " docs " : " ");
-  expect_close(tag + "out", gout, out, tol);
-  expect_close(tag + "lse", glse, lse, tol);
-  expect_close(tag + "dq", gdq, dq, tol);
-  expect_close(tag + "dk", gdk, dk, tol);
-  expect_close(tag + "dv", gdv, dv, tol);
+    const double tol = test::tolerance(dtype);
+    const std::string tag =
+        std::string(dtype_name(dtype)) + " " + describe(s) + (seq_idx.defined() ? " docs " : " ");
+    expect_close(tag + "out", gout, out, tol);
+    expect_close(tag + "lse", glse, lse, tol);
+    expect_close(tag + "dq", gdq, dq, tol);
+    expect_close(tag + "dk", gdk, dk, tol);
+    expect_close(tag + "dv", gdv, dv, tol);
+  });
 }
 
 // S = 1, 17 (one partial tile) and 300 (several tiles of 64 queries and 32 keys, the last

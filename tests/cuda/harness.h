@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <string>
 
+#include "core/kernel_versions.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -24,6 +25,17 @@ inline Tensor random_cpu(const Shape& shape, uint64_t seed, double scale = 1.0, 
   Tensor t = Tensor::empty(shape, DType::F32);
   for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = float(mean + scale * rng.normal());
   return t;
+}
+
+// Calls f() once per kernel version of `op` in the playground (core/kernel_versions.h), with
+// NH_KERNELS selecting it and its name in the messages of failures.
+template <class F>
+void for_each_kernel_version(const std::string& op, F&& f) {
+  for (const std::string& version : kernel_versions(op)) {
+    const KernelVersionScope scope(op, version);
+    SCOPED_TRACE(op + "=" + version);
+    f();
+  }
 }
 
 // A GPU copy of a CPU tensor in `dtype` (float tensors are converted; integer ones keep theirs).

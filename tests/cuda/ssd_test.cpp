@@ -178,9 +178,14 @@ void check_against_cpu(const SsdCase& c, const SsdOptions& o, DType dtype, uint6
   if (o.with_states) expect_close("dinitial_state", dinit, dinit_ref, tol);
 }
 
+// Every version of the kernels (the fused bf16 ones apply only to bf16 and their shapes; the
+// others fall back to the tile kernels).
 void check_all_options(const SsdCase& c, uint64_t seed) {
   for (DType dtype : {DType::F32, DType::BF16})
-    for (const SsdOptions& o : kOptions) check_against_cpu(c, o, dtype, seed += 100);
+    for (const SsdOptions& o : kOptions) {
+      seed += 100;
+      test::for_each_kernel_version("ssd", [&] { check_against_cpu(c, o, dtype, seed); });
+    }
 }
 
 TEST(SsdCuda, MatchesCpuOnASingleToken) { check_all_options({1, 1, 1, 1, 1, 1, 1}, 1000); }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "core/kernel_versions.h"
 #include "ops/adamw.h"
 #include "ops/cuda/common.cuh"
 
@@ -143,8 +144,9 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
                              float(s.grad_scale),
                              float(1 / (1 - std::pow(s.beta1, double(s.step)))),
                              float(1 / (1 - std::pow(s.beta2, double(s.step))))};
-  // Four elements at a time where every array allows (tensors inside flat buffers may not).
-  bool vec = n % 4 == 0;
+  // Four elements at a time where every array allows (tensors inside flat buffers may not),
+  // unless NH_KERNELS=adamw=scalar asks for one.
+  bool vec = n % 4 == 0 && kernel_version("adamw") == 0;
   const Tensor* arrays[] = {&param, &grad, &m, &v, copy};
   for (const Tensor* t : arrays)
     if (t != nullptr)

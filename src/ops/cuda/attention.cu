@@ -2,7 +2,8 @@
 // time in shared memory, never as an S×S matrix. Tiles are converted to fp32 on load (zero
 // padded to the head-dim bucket kD = 32, 64 or 128) and every product, the online softmax and
 // the accumulators are fp32 FMA on CUDA cores. These kernels serve fp32 and head dims that are
-// not a multiple of 8; bf16 inputs otherwise go to the tensor-core kernels of attention_flash.cu.
+// not a multiple of 8; bf16 inputs otherwise go to the tensor-core kernels of attention_flash.cu
+// (unless NH_KERNELS=attention=simt asks for these; core/kernel_versions.h).
 //
 // lse [B, Hq, S] is F32 on the GPU whatever the dtype of q: a bf16 lse would be off by up to
 // 2^-9·|lse| in the exponent, and the backward recomputes every probability from it.
@@ -22,6 +23,7 @@
 #include <string>
 #include <type_traits>
 
+#include "core/kernel_versions.h"
 #include "ops/attention.h"
 #include "ops/cuda/attention_flash.cuh"
 #include "ops/cuda/common.cuh"
@@ -598,6 +600,13 @@ Tensor document_bounds(const Tensor& seq_idx, const AttnDims& d) {
   return bounds;
 }
 
+// The query row tiles per warp of the tensor-core kernels for the version the playground asks
+// for: 2 (flash), 1 (flash16), or 0 for the CUDA-core kernels (simt).
+int flash_row_tiles() {
+  constexpr int kRowTiles[] = {2, 1, 0};
+  return kRowTiles[kernel_version("attention")];
+}
+
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& seq_idx,
@@ -608,10 +617,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   if (q.numel() == 0) return;
   const Tensor bounds = document_bounds(seq_idx, d);
   const int* doc_start = bounds.defined() ? ptr<int>(bounds) : nullptr;
-  if (q.dtype() == DType::BF16 &&
+  const int row_tiles = flash_row_tiles();
+  if (q.dtype() == DType::BF16 && row_tiles > 0 &&
       flash_attention_supported(d, {q.raw(), k.raw(), v.raw(), out.raw()})) {
     flash_attention_forward(ptr<const bf16>(q), ptr<const bf16>(k), ptr<const bf16>(v), doc_start,
-                            d, float(scale), ptr<bf16>(out), ptr<float>(lse));
+                            d, float(scale), row_tiles, ptr<bf16>(out), ptr<float>(lse));
     return;
   }
   const dim3 grid(blocks_for(d.seqlen, kQueryTile), d.q_heads, d.batch);
@@ -649,12 +659,14 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
         ptr<const T>(dout), ptr<const T>(out), d, ptr<float>(delta));
     NH_CUDA_CHECK_LAUNCH();
     if constexpr (std::is_same_v<T, bf16>) {
-      if (flash_attention_supported(
+      const int row_tiles = flash_row_tiles();
+      if (row_tiles > 0 &&
+          flash_attention_supported(
               d, {q.raw(), k.raw(), v.raw(), dout.raw(), dq.raw(), dk.raw(), dv.raw()})) {
         flash_attention_backward(ptr<const T>(q), ptr<const T>(k), ptr<const T>(v), doc_start,
                                  doc_end, ptr<const float>(lse), ptr<const float>(delta),
-                                 ptr<const T>(dout), d, float(scale), ptr<T>(dq), ptr<T>(dk),
-                                 ptr<T>(dv));
+                                 ptr<const T>(dout), d, float(scale), row_tiles, ptr<T>(dq),
+                                 ptr<T>(dk), ptr<T>(dv));
         return;
       }
     }

@@ -1,14 +1,18 @@
 // Causal GQA attention with documents on the tensor cores (bf16 in, fp32 accumulators), in the
-// manner of FlashAttention-2: a warp owns 16 rows (queries, or keys in the dk/dv kernel), scores
-// live in mma fragments and go from one product into the next as bf16 A fragments (mma.cuh),
-// and the softmax runs in the base-2 domain (scores pre-multiplied by scale·log2 e).
+// manner of FlashAttention-2: a warp owns kM tiles of 16 rows (queries, or keys in the dk/dv
+// kernel), scores live in mma fragments and go from one product into the next as bf16 A
+// fragments (mma.cuh), and the softmax runs in the base-2 domain (scores pre-multiplied by
+// scale·log2 e). A warp's row tiles share each B fragment it loads, so two of them halve the
+// shared-memory reads per product.
 //
-//   forward: grid (query tiles of 64, Hq, B), 4 warps; key tiles of 64 through shared memory;
-//            running max m and sum l per row, out = acc / l, lse = (m + log2 l)·ln 2.
-//   dq:      grid (query tiles of 64, Hq, B); per key tile P = exp2(s − lse₂), dP = dout·vᵀ,
-//            dS = P∘(dP − delta), dq += dS·k.
+//   forward: grid (query tiles of 64·kM, Hq, B), 4 warps; key tiles of 64 double-buffered
+//            through cp.async (tile t + 1 lands while tile t is used); running max m and sum l
+//            per row, out = acc / l, lse = (m + log2 l)·ln 2.
+//   dq:      grid (query tiles of 64·kM, Hq, B), key tiles as the forward (32 keys when kM = 2);
+//            per key tile P = exp2(s − lse₂), dP = dout·vᵀ, dS = P∘(dP − delta), dq += dS·k.
 //   dk, dv:  grid (key tiles of 64, Hkv, B); for each q head of the group in turn and each query
 //            tile of 32: Pᵀ, dv += Pᵀ·dout, dPᵀ = v·doutᵀ, dSᵀ, dk += dSᵀ·q.
+// Only the tiles that reach the diagonal or a document start are masked element by element.
 // Nothing is accumulated across blocks, so the backward is deterministic.
 //
 // Masks as ops/cuda/attention.cu: key j is visible to query i iff doc_start[i] <= j <= i; rows
@@ -28,7 +32,7 @@ namespace {
 
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kWarpRows = 16;
-constexpr int kTile = 64;       // the rows a block owns; key tiles of forward and dq
+constexpr int kTile = 64;       // key tiles of the forward; the keys a dk/dv block owns
 constexpr int kQueryStep = 32;  // query tiles of the dk/dv kernel
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -81,19 +85,6 @@ __device__ void load_rows_async(const bf16* __restrict__ src, int64_t stride, in
   }
 }
 
-// C fragments of a warp's 16 × kD product, scaled, into rows [16w, 16w + 16) of a tile.
-template <int kD>
-__device__ void stage_rows(const float (&acc)[kD / 8][4], float scale, int w, const Lane& l,
-                           bf16* tile) {
-  bf16* p = tile + (w * kWarpRows + l.g) * row_stride<kD>() + 2 * l.c;
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
-    *reinterpret_cast<uint32_t*>(p + n * 8) = pack_bf16(acc[n][0] * scale, acc[n][1] * scale);
-    *reinterpret_cast<uint32_t*>(p + 8 * row_stride<kD>() + n * 8) =
-        pack_bf16(acc[n][2] * scale, acc[n][3] * scale);
-  }
-}
-
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -108,194 +99,292 @@ __device__ __forceinline__ int64_t at(const AttnDims& d, int b, int t, int heads
   return ((int64_t(b) * d.seqlen + t) * heads + h) * d.head_dim;
 }
 
-// s[j] (the 16 × 8 tiles of a warp's 16 × 8·kN product) = A · Bᵀ with A rows [16w, 16w + 16)
-// of tile `a` and B rows [0, 8·kN) of tile `b`, both [rows][kD].
-template <int kD, int kN>
-__device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kN][4]) {
+// The first row of row tile i of warp w in a block's tile of 64·kM rows. The tiles interleave
+// across the warps, so every warp has rows near the diagonal.
+__device__ __forceinline__ int tile_row(int w, int i) { return (4 * i + w) * kWarpRows; }
+
+constexpr int block_rows(int row_tiles) { return 4 * kWarpRows * row_tiles; }
+
+// s[i][j] (the 16 × 8 tiles of a warp's products) = A_i · Bᵀ with A_i the warp's row tile i of
+// tile `a` and B rows [0, 8·kN) of tile `b`, both [rows][kD]. Each B fragment is loaded once for
+// all kM row tiles: the more rows a warp owns, the fewer shared-memory reads per product.
+template <int kD, int kM, int kN>
+__device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kM][kN][4]) {
 #pragma unroll
-  for (int j = 0; j < kN; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int j = 0; j < kN; ++j) s[i][j][0] = s[i][j][1] = s[i][j][2] = s[i][j][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < kD; kk += 16) {
-    uint32_t af[4];
-    load_a(a, row_stride<kD>(), w * kWarpRows, kk, af);
+    uint32_t af[kM][4];
+#pragma unroll
+    for (int i = 0; i < kM; ++i) load_a(a, row_stride<kD>(), tile_row(w, i), kk, af[i]);
 #pragma unroll
     for (int j = 0; j < kN; j += 2) {
       uint32_t bf[2][2];
       load_b_transposed(b, row_stride<kD>(), j * 8, kk, bf);
-      mma_bf16(s[j], af, bf[0]);
-      mma_bf16(s[j + 1], af, bf[1]);
+#pragma unroll
+      for (int i = 0; i < kM; ++i) {
+        mma_bf16(s[i][j], af[i], bf[0]);
+        mma_bf16(s[i][j + 1], af[i], bf[1]);
+      }
     }
   }
 }
 
-// acc (16 × kD) += P · X with P the warp's 16 × 8·kN fragments and X rows [0, 8·kN) of tile x.
-template <int kD, int kN>
-__device__ void accumulate_px(const float (&p)[kN][4], const bf16* x, float (&acc)[kD / 8][4]) {
+// acc[i] (16 × kD) += P_i · X with P_i the warp's 16 × 8·kN fragments of row tile i and X rows
+// [0, 8·kN) of tile x.
+template <int kD, int kM, int kN>
+__device__ void accumulate_px(const float (&p)[kM][kN][4], const bf16* x,
+                              float (&acc)[kM][kD / 8][4]) {
 #pragma unroll
   for (int ks = 0; ks < kN / 2; ++ks) {
-    uint32_t af[4];
-    c_to_a(p[2 * ks], p[2 * ks + 1], af);
+    uint32_t af[kM][4];
+#pragma unroll
+    for (int i = 0; i < kM; ++i) c_to_a(p[i][2 * ks], p[i][2 * ks + 1], af[i]);
 #pragma unroll
     for (int n = 0; n < kD / 8; n += 2) {
       uint32_t bf[2][2];
       load_b(x, row_stride<kD>(), ks * 16, n * 8, bf);
-      mma_bf16(acc[n], af, bf[0]);
-      mma_bf16(acc[n + 1], af, bf[1]);
+#pragma unroll
+      for (int i = 0; i < kM; ++i) {
+        mma_bf16(acc[i][n], af[i], bf[0]);
+        mma_bf16(acc[i][n + 1], af[i], bf[1]);
+      }
     }
   }
 }
 
-template <int kD>
+// C fragments of a warp's row tiles (16 × kD each), scaled, into their rows of a tile.
+template <int kD, int kM>
+__device__ void stage_rows(const float (&acc)[kM][kD / 8][4], float scale, int w, const Lane& l,
+                           bf16* tile) {
+#pragma unroll
+  for (int i = 0; i < kM; ++i) {
+    bf16* p = tile + (tile_row(w, i) + l.g) * row_stride<kD>() + 2 * l.c;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(p + n * 8) =
+          pack_bf16(acc[i][n][0] * scale, acc[i][n][1] * scale);
+      *reinterpret_cast<uint32_t*>(p + 8 * row_stride<kD>() + n * 8) =
+          pack_bf16(acc[i][n][2] * scale, acc[i][n][3] * scale);
+    }
+  }
+}
+
+// Issues the copies of keys and values [k0, min(k0 + kKeys, kv_hi)) of KV head kh into k_s and
+// v_s, and commits them (with any copies issued before) as one cp.async group.
+template <int kKeys, int kD>
+__device__ void load_key_tile_async(const bf16* k, const bf16* v, const AttnDims& d, int b, int kh,
+                                    int k0, int kv_hi, bf16* k_s, bf16* v_s) {
+  const int64_t stride = int64_t(d.kv_heads) * d.head_dim;
+  const int n = min(kKeys, kv_hi - k0);
+  load_rows_async<kKeys, kD>(k + at(d, b, k0, d.kv_heads, kh), stride, n, d.head_dim, k_s);
+  load_rows_async<kKeys, kD>(v + at(d, b, k0, d.kv_heads, kh), stride, n, d.head_dim, v_s);
+  cp_async_commit();
+}
+
+// What the forward and dq kernels know of the query rows a block owns and the keys they walk.
+// A thread's rows and their documents' starts are recomputed where a tile is masked rather than
+// held in registers, which the kernels need for their accumulators.
+template <int kM>
+struct QueryRows {
+  int q0, nq;        // the block's rows [q0, q0 + nq)
+  int kv_lo, kv_hi;  // the keys any row of the block sees
+  int doc_hi;        // from here on every key before a row is in its document
+  int first_row;     // this thread's row g of its row tile 0
+  const int* doc;    // doc_start of the block's batch row, or null
+
+  __device__ QueryRows(const AttnDims& d, const int* doc_start, int b, int w, const Lane& l) {
+    q0 = (gridDim.x - 1 - blockIdx.x) * block_rows(kM);  // the longest rows first
+    nq = min(block_rows(kM), d.seqlen - q0);
+    doc = doc_start ? doc_start + int64_t(b) * d.seqlen : nullptr;
+    kv_lo = doc ? doc[q0] : 0;
+    kv_hi = q0 + nq;
+    doc_hi = doc ? doc[kv_hi - 1] : 0;  // doc_start grows along a row
+    first_row = q0 + tile_row(w, 0) + l.g;
+  }
+  // Row r (of 2) of this thread in its row tile i.
+  __device__ int row(int i, int r) const { return first_row + 4 * kWarpRows * i + 8 * r; }
+  // Whether key tile [k0, k0 + keys) needs the mask: it reaches the diagonal, or a row's
+  // document starts after k0.
+  __device__ bool masked(int k0, int keys) const { return k0 + keys > q0 || k0 < doc_hi; }
+  __device__ bool visible(int key, int i, int r) const {
+    const int t = row(i, r);
+    return key <= t && (!doc || key >= doc[min(t, kv_hi - 1)]);
+  }
+};
+
+template <int kD, int kM, int kKeys>
 __global__ void __launch_bounds__(kThreads)
     flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const bf16* __restrict__ v, const int* __restrict__ doc_start, AttnDims d,
                          float scale_log2, bf16* __restrict__ out, float* __restrict__ lse) {
-  constexpr int kS = row_stride<kD>(), kN = kTile / 8;
+  constexpr int kS = row_stride<kD>(), kRows = block_rows(kM), kN = kKeys / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);
-  bf16* k_s = q_s + kTile * kS;
-  bf16* v_s = k_s + kTile * kS;
+  bf16* k_s = q_s + kRows * kS;  // two key tiles, then two value tiles
+  bf16* v_s = k_s + 2 * kKeys * kS;
   const Lane l;
   const int w = threadIdx.x / 32;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;  // the longest rows first
   const int h = blockIdx.y, b = blockIdx.z, kh = h / (d.q_heads / d.kv_heads);
-  const int nq = min(kTile, d.seqlen - q0);
-  const int64_t row0 = int64_t(b) * d.seqlen;
-  load_rows<kTile, kD>(q + at(d, b, q0, d.q_heads, h), int64_t(d.q_heads) * d.head_dim, nq,
-                       d.head_dim, q_s);
-  // This thread's two rows (queries) and the first key each may see.
-  const int row[2] = {q0 + w * kWarpRows + l.g, q0 + w * kWarpRows + l.g + 8};
-  int first[2];
-  for (int r = 0; r < 2; ++r)
-    first[r] = doc_start ? doc_start[row0 + min(row[r], d.seqlen - 1)] : 0;
-  const int kv_lo = doc_start ? doc_start[row0 + q0] : 0, kv_hi = q0 + nq;
+  const QueryRows<kM> rows(d, doc_start, b, w, l);
+  const int tiles = (rows.kv_hi - rows.kv_lo + kKeys - 1) / kKeys;
+  load_rows_async<kRows, kD>(q + at(d, b, rows.q0, d.q_heads, h), int64_t(d.q_heads) * d.head_dim,
+                             rows.nq, d.head_dim, q_s);
+  load_key_tile_async<kKeys, kD>(k, v, d, b, kh, rows.kv_lo, rows.kv_hi, k_s, v_s);
 
-  float acc[kD / 8][4] = {}, m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
-  for (int k0 = kv_lo; k0 < kv_hi; k0 += kTile) {
-    const int nk = min(kTile, kv_hi - k0);
-    __syncthreads();  // every warp is done with the previous k_s, v_s
-    load_rows<kTile, kD>(k + at(d, b, k0, d.kv_heads, kh), int64_t(d.kv_heads) * d.head_dim, nk,
-                         d.head_dim, k_s);
-    load_rows<kTile, kD>(v + at(d, b, k0, d.kv_heads, kh), int64_t(d.kv_heads) * d.head_dim, nk,
-                         d.head_dim, v_s);
-    __syncthreads();
-    float s[kN][4];
-    product_abt<kD, kN>(q_s, k_s, w, s);
-    float mx[2] = {-INFINITY, -INFINITY};
+  float acc[kM][kD / 8][4] = {}, m[kM][2], lsum[kM][2] = {};
 #pragma unroll
-    for (int j = 0; j < kN; ++j)
+  for (int i = 0; i < kM; ++i) m[i][0] = m[i][1] = -INFINITY;
+  for (int t = 0; t < tiles; ++t) {
+    const int k0 = rows.kv_lo + t * kKeys, next = (t + 1) % 2 * kKeys * kS;
+    if (t + 1 < tiles)
+      load_key_tile_async<kKeys, kD>(k, v, d, b, kh, k0 + kKeys, rows.kv_hi, k_s + next,
+                                     v_s + next);
+    else
+      cp_async_commit();  // an empty group keeps the wait below uniform
+    cp_async_wait<1>();
+    __syncthreads();  // tile t (and at t = 0 the queries) is in place
+    const bf16* k_t = k_s + t % 2 * kKeys * kS;
+    const bf16* v_t = v_s + t % 2 * kKeys * kS;
+    float s[kM][kN][4];
+    product_abt<kD, kM, kN>(q_s, k_t, w, s);
+    const bool masked = rows.masked(k0, kKeys);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + j * 8 + 2 * l.c + (e & 1), r = e / 2;
-        const bool visible = key <= row[r] && key >= first[r] && key < kv_hi;
-        s[j][e] = visible ? s[j][e] * scale_log2 : -INFINITY;
-        mx[r] = fmaxf(mx[r], s[j][e]);
+    for (int i = 0; i < kM; ++i) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const bool visible = !masked || rows.visible(k0 + j * 8 + 2 * l.c + (e & 1), i, r);
+          s[i][j][e] = visible ? s[i][j][e] * scale_log2 : -INFINITY;
+          mx[r] = fmaxf(mx[r], s[i][j][e]);
+        }
+      float alpha[2], ref[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m_new = fmaxf(m[i][r], quad_max(mx[r]));
+        // A row with no visible key yet keeps l = acc = 0: exponents relative to 0, not −inf.
+        ref[r] = m_new == -INFINITY ? 0.f : m_new;
+        alpha[r] = exp2f(m[i][r] - ref[r]);
+        m[i][r] = m_new;
+        lsum[i][r] *= alpha[r];
       }
-    float alpha[2], ref[2];
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[i][j][e] = exp2f(s[i][j][e] - ref[e / 2]);
+          lsum[i][e / 2] += s[i][j][e];
+        }
+#pragma unroll
+      for (int n = 0; n < kD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][n][e] *= alpha[e / 2];
+    }
+    accumulate_px<kD, kM, kN>(s, v_t, acc);
+    __syncthreads();  // every warp is done with tile t's buffers before tile t + 2 refills them
+  }
+
+  // q_s becomes the staging tile of out.
+#pragma unroll
+  for (int i = 0; i < kM; ++i) {
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_max(mx[r]));
-      // A row with no visible key yet keeps l = acc = 0: exponents relative to 0, not −inf.
-      ref[r] = m_new == -INFINITY ? 0.f : m_new;
-      alpha[r] = exp2f(m[r] - ref[r]);
-      m[r] = m_new;
-      lsum[r] *= alpha[r];
+      lsum[i][r] = quad_sum(lsum[i][r]);
+      inv[r] = lsum[i][r] > 0.f ? 1.f / lsum[i][r] : 0.f;
+      if (l.c == 0 && rows.row(i, r) < rows.kv_hi)
+        lse[(int64_t(b) * d.q_heads + h) * d.seqlen + rows.row(i, r)] =
+            (m[i][r] + log2f(lsum[i][r])) * kLn2;
     }
 #pragma unroll
-    for (int j = 0; j < kN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = exp2f(s[j][e] - ref[e / 2]);
-        lsum[e / 2] += s[j][e];
-      }
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e / 2];
-    accumulate_px<kD, kN>(s, v_s, acc);
+    for (int n = 0; n < kD / 8; ++n) {
+      acc[i][n][0] *= inv[0];
+      acc[i][n][1] *= inv[0];
+      acc[i][n][2] *= inv[1];
+      acc[i][n][3] *= inv[1];
+    }
   }
-
-  __syncthreads();  // q_s becomes the staging tile of out
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lsum[r] = quad_sum(lsum[r]);
-    inv[r] = lsum[r] > 0.f ? 1.f / lsum[r] : 0.f;
-    if (l.c == 0 && row[r] < q0 + nq)
-      lse[(int64_t(b) * d.q_heads + h) * d.seqlen + row[r]] = (m[r] + log2f(lsum[r])) * kLn2;
-  }
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
-    acc[n][0] *= inv[0];
-    acc[n][1] *= inv[0];
-    acc[n][2] *= inv[1];
-    acc[n][3] *= inv[1];
-  }
-  stage_rows<kD>(acc, 1.f, w, l, q_s);
+  stage_rows<kD, kM>(acc, 1.f, w, l, q_s);
   __syncthreads();
-  store_rows<kTile, kD>(q_s, nq, d.head_dim, out + at(d, b, q0, d.q_heads, h),
+  store_rows<kRows, kD>(q_s, rows.nq, d.head_dim, out + at(d, b, rows.q0, d.q_heads, h),
                         int64_t(d.q_heads) * d.head_dim);
 }
 
-template <int kD>
+// kKeys: the key tile; 32 when a warp owns two row tiles, so that its P and dP fragments and the
+// dq accumulators fit in registers.
+template <int kD, int kM, int kKeys>
 __global__ void __launch_bounds__(kThreads)
     flash_dq_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, const int* __restrict__ doc_start,
                     const float* __restrict__ lse, const float* __restrict__ delta,
                     const bf16* __restrict__ dout, AttnDims d, float scale, bf16* __restrict__ dq) {
-  constexpr int kS = row_stride<kD>(), kN = kTile / 8;
+  constexpr int kS = row_stride<kD>(), kRows = block_rows(kM), kN = kKeys / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);
-  bf16* do_s = q_s + kTile * kS;
-  bf16* k_s = do_s + kTile * kS;
-  bf16* v_s = k_s + kTile * kS;
+  bf16* do_s = q_s + kRows * kS;
+  bf16* k_s = do_s + kRows * kS;  // two key tiles, then two value tiles
+  bf16* v_s = k_s + 2 * kKeys * kS;
   const Lane l;
   const int w = threadIdx.x / 32;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const int h = blockIdx.y, b = blockIdx.z, kh = h / (d.q_heads / d.kv_heads);
-  const int nq = min(kTile, d.seqlen - q0);
-  const int64_t row0 = int64_t(b) * d.seqlen, q_stride = int64_t(d.q_heads) * d.head_dim;
-  const int64_t kv_stride = int64_t(d.kv_heads) * d.head_dim;
-  load_rows<kTile, kD>(q + at(d, b, q0, d.q_heads, h), q_stride, nq, d.head_dim, q_s);
-  load_rows<kTile, kD>(dout + at(d, b, q0, d.q_heads, h), q_stride, nq, d.head_dim, do_s);
+  const QueryRows<kM> rows(d, doc_start, b, w, l);
+  const int tiles = (rows.kv_hi - rows.kv_lo + kKeys - 1) / kKeys;
+  const int64_t q_stride = int64_t(d.q_heads) * d.head_dim;
+  load_rows_async<kRows, kD>(q + at(d, b, rows.q0, d.q_heads, h), q_stride, rows.nq, d.head_dim,
+                             q_s);
+  load_rows_async<kRows, kD>(dout + at(d, b, rows.q0, d.q_heads, h), q_stride, rows.nq,
+                             d.head_dim, do_s);
+  load_key_tile_async<kKeys, kD>(k, v, d, b, kh, rows.kv_lo, rows.kv_hi, k_s, v_s);
   const float scale_log2 = scale * kLog2e;
-  const int row[2] = {q0 + w * kWarpRows + l.g, q0 + w * kWarpRows + l.g + 8};
-  int first[2];
-  float lse2[2], dlt[2];
-  for (int r = 0; r < 2; ++r) {
-    const int t = min(row[r], d.seqlen - 1);
-    first[r] = doc_start ? doc_start[row0 + t] : 0;
-    const int64_t stat = (int64_t(b) * d.q_heads + h) * d.seqlen + t;
-    lse2[r] = lse[stat] * kLog2e;
-    dlt[r] = delta[stat];
-  }
-  const int kv_lo = doc_start ? doc_start[row0 + q0] : 0, kv_hi = q0 + nq;
+  float lse2[kM][2], dlt[kM][2];
+#pragma unroll
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t stat =
+          (int64_t(b) * d.q_heads + h) * d.seqlen + min(rows.row(i, r), rows.kv_hi - 1);
+      lse2[i][r] = lse[stat] * kLog2e;
+      dlt[i][r] = delta[stat];
+    }
 
-  float acc[kD / 8][4] = {};
-  for (int k0 = kv_lo; k0 < kv_hi; k0 += kTile) {
-    const int nk = min(kTile, kv_hi - k0);
+  float acc[kM][kD / 8][4] = {};
+  for (int t = 0; t < tiles; ++t) {
+    const int k0 = rows.kv_lo + t * kKeys, next = (t + 1) % 2 * kKeys * kS;
+    if (t + 1 < tiles)
+      load_key_tile_async<kKeys, kD>(k, v, d, b, kh, k0 + kKeys, rows.kv_hi, k_s + next,
+                                     v_s + next);
+    else
+      cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
-    load_rows<kTile, kD>(k + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, k_s);
-    load_rows<kTile, kD>(v + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, v_s);
+    const bf16* k_t = k_s + t % 2 * kKeys * kS;
+    const bf16* v_t = v_s + t % 2 * kKeys * kS;
+    float p[kM][kN][4], dp[kM][kN][4];
+    product_abt<kD, kM, kN>(q_s, k_t, w, p);
+    product_abt<kD, kM, kN>(do_s, v_t, w, dp);
+    const bool masked = rows.masked(k0, kKeys);
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const bool visible = !masked || rows.visible(k0 + j * 8 + 2 * l.c + (e & 1), i, r);
+          const float pr = visible ? exp2f(p[i][j][e] * scale_log2 - lse2[i][r]) : 0.f;
+          dp[i][j][e] = pr * (dp[i][j][e] - dlt[i][r]);  // dS
+        }
+    accumulate_px<kD, kM, kN>(dp, k_t, acc);
     __syncthreads();
-    float p[kN][4], dp[kN][4];
-    product_abt<kD, kN>(q_s, k_s, w, p);
-    product_abt<kD, kN>(do_s, v_s, w, dp);
-#pragma unroll
-    for (int j = 0; j < kN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + j * 8 + 2 * l.c + (e & 1), r = e / 2;
-        const bool visible = key <= row[r] && key >= first[r] && key < kv_hi;
-        const float pr = visible ? exp2f(p[j][e] * scale_log2 - lse2[r]) : 0.f;
-        dp[j][e] = pr * (dp[j][e] - dlt[r]);  // dS
-      }
-    accumulate_px<kD, kN>(dp, k_s, acc);
   }
+  stage_rows<kD, kM>(acc, scale, w, l, q_s);
   __syncthreads();
-  stage_rows<kD>(acc, scale, w, l, q_s);
-  __syncthreads();
-  store_rows<kTile, kD>(q_s, nq, d.head_dim, dq + at(d, b, q0, d.q_heads, h), q_stride);
+  store_rows<kRows, kD>(q_s, rows.nq, d.head_dim, dq + at(d, b, rows.q0, d.q_heads, h), q_stride);
 }
 
 // One query tile of the dk/dv kernel's walk in shared memory: q and dout rows, lse₂, delta and
@@ -360,7 +449,7 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_commit();
   };
 
-  float dk_acc[kD / 8][4] = {}, dv_acc[kD / 8][4] = {};
+  float dk_acc[1][kD / 8][4] = {}, dv_acc[1][kD / 8][4] = {};
   if (steps > 0) issue(0);
   for (int s = 0; s < steps; ++s) {
     if (s + 1 < steps)
@@ -371,37 +460,40 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // step s's tile (and, at s = 0, k_s and v_s) is in place
     const QueryTile<kD>& tile = tiles[s % 2];
     const int t0 = q_lo + s % q_tiles * kQueryStep;
-    float p[kN][4], dp[kN][4];
-    product_abt<kD, kN>(k_s, tile.q, w, p);      // sᵀ: keys × queries
-    product_abt<kD, kN>(v_s, tile.dout, w, dp);  // dPᵀ
+    float p[1][kN][4], dp[1][kN][4];
+    product_abt<kD, 1, kN>(k_s, tile.q, w, p);      // sᵀ: keys × queries
+    product_abt<kD, 1, kN>(v_s, tile.dout, w, dp);  // dPᵀ
+    // No mask where every query of the tile comes after every key and the last query's document
+    // (the latest) starts at or before k0; a partial tile's padding has first = seqlen.
+    const bool masked = t0 < k0 + kTile - 1 || tile.first[kQueryStep - 1] > k0;
 #pragma unroll
     for (int j = 0; j < kN; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = j * 8 + 2 * l.c + (e & 1), query = t0 + i, kr = key[e / 2];
-        const bool visible = kr <= query && kr >= tile.first[i];
-        p[j][e] = visible ? exp2f(p[j][e] * scale_log2 - tile.lse[i] * kLog2e) : 0.f;
-        dp[j][e] = p[j][e] * (dp[j][e] - tile.delta[i]);  // dSᵀ
+        const bool visible = !masked || (kr <= query && kr >= tile.first[i]);
+        p[0][j][e] = visible ? exp2f(p[0][j][e] * scale_log2 - tile.lse[i] * kLog2e) : 0.f;
+        dp[0][j][e] = p[0][j][e] * (dp[0][j][e] - tile.delta[i]);  // dSᵀ
       }
-    accumulate_px<kD, kN>(p, tile.dout, dv_acc);
-    accumulate_px<kD, kN>(dp, tile.q, dk_acc);
+    accumulate_px<kD, 1, kN>(p, tile.dout, dv_acc);
+    accumulate_px<kD, 1, kN>(dp, tile.q, dk_acc);
     __syncthreads();  // everyone is done with tiles[s % 2] before step s + 2 refills it
   }
   __syncthreads();  // k_s and v_s become the staging tiles of dk and dv
-  stage_rows<kD>(dk_acc, scale, w, l, k_s);
-  stage_rows<kD>(dv_acc, 1.f, w, l, v_s);
+  stage_rows<kD, 1>(dk_acc, scale, w, l, k_s);
+  stage_rows<kD, 1>(dv_acc, 1.f, w, l, v_s);
   __syncthreads();
   store_rows<kTile, kD>(k_s, nk, d.head_dim, dk + at(d, b, k0, d.kv_heads, kh), kv_stride);
   store_rows<kTile, kD>(v_s, nk, d.head_dim, dv + at(d, b, k0, d.kv_heads, kh), kv_stride);
 }
 
-template <int kD>
+template <int kD, int kM, int kKeys>
 constexpr size_t forward_smem() {
-  return 3 * kTile * row_stride<kD>() * sizeof(bf16);
+  return (block_rows(kM) + 4 * kKeys) * row_stride<kD>() * sizeof(bf16);
 }
-template <int kD>
+template <int kD, int kM, int kKeys>
 constexpr size_t dq_smem() {
-  return 4 * kTile * row_stride<kD>() * sizeof(bf16);
+  return (2 * block_rows(kM) + 4 * kKeys) * row_stride<kD>() * sizeof(bf16);
 }
 template <int kD>
 constexpr size_t dkdv_smem() {
@@ -426,23 +518,34 @@ bool flash_attention_supported(const AttnDims& d, std::initializer_list<const vo
 }
 
 void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, const int* doc_start,
-                             const AttnDims& d, float scale, bf16* out, float* lse) {
-  const dim3 grid(blocks_for(d.seqlen, kTile), d.q_heads, d.batch);
+                             const AttnDims& d, float scale, int row_tiles, bf16* out, float* lse) {
   with_bucket(d.head_dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
-    launch_with_smem(flash_forward_kernel<kD>, grid, kThreads, forward_smem<kD>(), q, k, v,
-                     doc_start, d, scale * kLog2e, out, lse);
+    auto launch = [&](auto kernel, int rows, size_t smem) {
+      launch_with_smem(kernel, dim3(blocks_for(d.seqlen, rows), d.q_heads, d.batch), kThreads,
+                       smem, q, k, v, doc_start, d, scale * kLog2e, out, lse);
+    };
+    if (row_tiles == 2)
+      launch(flash_forward_kernel<kD, 2, kTile>, block_rows(2), forward_smem<kD, 2, kTile>());
+    else
+      launch(flash_forward_kernel<kD, 1, kTile>, block_rows(1), forward_smem<kD, 1, kTile>());
   });
 }
 
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const int* doc_start,
                               const int* doc_end, const float* lse, const float* delta,
-                              const bf16* dout, const AttnDims& d, float scale, bf16* dq, bf16* dk,
-                              bf16* dv) {
+                              const bf16* dout, const AttnDims& d, float scale, int row_tiles,
+                              bf16* dq, bf16* dk, bf16* dv) {
   with_bucket(d.head_dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
-    launch_with_smem(flash_dq_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.q_heads, d.batch),
-                     kThreads, dq_smem<kD>(), q, k, v, doc_start, lse, delta, dout, d, scale, dq);
+    auto launch_dq = [&](auto kernel, int rows, size_t smem) {
+      launch_with_smem(kernel, dim3(blocks_for(d.seqlen, rows), d.q_heads, d.batch), kThreads,
+                       smem, q, k, v, doc_start, lse, delta, dout, d, scale, dq);
+    };
+    if (row_tiles == 2)
+      launch_dq(flash_dq_kernel<kD, 2, 32>, block_rows(2), dq_smem<kD, 2, 32>());
+    else
+      launch_dq(flash_dq_kernel<kD, 1, kTile>, block_rows(1), dq_smem<kD, 1, kTile>());
     launch_with_smem(flash_dkdv_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.kv_heads, d.batch),
                      kThreads, dkdv_smem<kD>(), q, k, v, doc_start, doc_end, lse, delta, dout, d,
                      scale, dk, dv);

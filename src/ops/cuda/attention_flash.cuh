@@ -18,8 +18,10 @@ struct AttnDims {
 bool flash_attention_supported(const AttnDims& d, std::initializer_list<const void*> pointers);
 
 // out, lse as attention_forward (ops/attention.h); doc_start [B, S] or null (one document).
+// row_tiles: the 16-row tiles of queries each warp owns in the forward and dq kernels, 2 (the
+// default version) or 1 (the version "flash16" of the kernel playground).
 void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
-                             const int* doc_start, const AttnDims& d, float scale,
+                             const int* doc_start, const AttnDims& d, float scale, int row_tiles,
                              __nv_bfloat16* out, float* lse);
 
 // dq, dk, dv as attention_backward; delta [B, Hq, S] = Σ_e dout·out per query; doc_end [B, S]
@@ -27,7 +29,7 @@ void flash_attention_forward(const __nv_bfloat16* q, const __nv_bfloat16* k, con
 void flash_attention_backward(const __nv_bfloat16* q, const __nv_bfloat16* k,
                               const __nv_bfloat16* v, const int* doc_start, const int* doc_end,
                               const float* lse, const float* delta, const __nv_bfloat16* dout,
-                              const AttnDims& d, float scale, __nv_bfloat16* dq, __nv_bfloat16* dk,
-                              __nv_bfloat16* dv);
+                              const AttnDims& d, float scale, int row_tiles, __nv_bfloat16* dq,
+                              __nv_bfloat16* dk, __nv_bfloat16* dv);
 
 }  // namespace nh::cuda

@@ -31,6 +31,7 @@
 #include <string>
 #include <utility>
 
+#include "core/kernel_versions.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/ssd_backward.cuh"
 #include "ops/cuda/ssd_fused.cuh"
@@ -320,13 +321,11 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? ptr<T>(t) : nullptr;
 }
 
-// The fused kernels where they apply (bf16 and their shapes), unless NH_SSD_KERNELS=tiles asks
-// for the tile kernels (read at every call: nemotronh-bench times both in one process).
+// The fused kernels where they apply (bf16 and their shapes), unless NH_KERNELS=ssd=tiles asks
+// for the tile kernels (core/kernel_versions.h).
 template <class T>
 bool use_fused(const SsdDims& d, std::initializer_list<const void*> rows) {
-  const char* v = std::getenv("NH_SSD_KERNELS");
-  const bool tiles = v != nullptr && std::string(v) == "tiles";
-  return std::is_same_v<T, bf16> && !tiles && ssd_fused::supports(d, rows);
+  return std::is_same_v<T, bf16> && kernel_version("ssd") == 0 && ssd_fused::supports(d, rows);
 }
 
 bool has_blocks(dim3 grid) { return grid.x > 0 && grid.y > 0 && grid.z > 0; }
