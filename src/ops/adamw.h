@@ -6,6 +6,8 @@
 // param, m, v: F32 (or F64) of one shape; grad: the same shape, any float dtype the backend reads.
 #pragma once
 
+#include <vector>
+
 #include "ops/dispatch.h"
 
 namespace nh {
@@ -21,21 +23,23 @@ struct AdamWStep {
 namespace cpu {
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
                 Tensor* copy = nullptr);
-double sum_of_squares(const Tensor& t);
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 }  // namespace cpu
 namespace cuda {
 void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
                 Tensor* copy = nullptr);
-double sum_of_squares(const Tensor& t);
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 }  // namespace cuda
 
 inline void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s,
                        Tensor* copy = nullptr) {
   NH_DISPATCH(param.device(), adamw_step(param, grad, m, v, s, copy));
 }
-// Σ t², accumulated in double, in a fixed order (the same result on every run).
-inline double sum_of_squares(const Tensor& t) {
-  NH_DISPATCH_RETURN(t.device(), sum_of_squares(t));
+// Σ t² of each tensor (all on one device), accumulated in double in a fixed order (the same
+// result on every run). On the GPU the host waits once for all of them.
+inline std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  if (ts.empty()) return {};
+  NH_DISPATCH_RETURN(ts[0].device(), sums_of_squares(ts));
 }
 
 }  // namespace nh

@@ -49,10 +49,13 @@ StepResult Optimizer::step(double grad_scale, double lr, int64_t step) {
   // Shards add up over their groups; whole tensors count once. Every rank makes the same
   // collectives in the same order.
   double whole = 0, tensor = 0, expert = 0;
-  for (const auto& s : slots_)
-    (s.norm == NormKind::Whole         ? whole
-     : s.norm == NormKind::TensorShard ? tensor
-                                       : expert) += sum_of_squares(s.grad);
+  std::vector<Tensor> grads;
+  for (const auto& s : slots_) grads.push_back(s.grad);
+  const std::vector<double> squares = sums_of_squares(grads);
+  for (size_t i = 0; i < slots_.size(); ++i)
+    (slots_[i].norm == NormKind::Whole         ? whole
+     : slots_[i].norm == NormKind::TensorShard ? tensor
+                                               : expert) += squares[i];
   if (groups_.data) {
     whole = groups_.data->all_reduce(whole);
     tensor = groups_.data->all_reduce(tensor);

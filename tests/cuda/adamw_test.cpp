@@ -2,7 +2,9 @@
 #include "ops/adamw.h"
 
 #include <cmath>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "cuda/harness.h"
 
@@ -73,20 +75,32 @@ TEST(CudaAdamW, MismatchedSizesAndDtypesThrow) {
 }
 
 // The GPU squares in double the same values the CPU does and sums them in another order:
-// double rounding over ≤ 3·10^6 positive terms stays below 1e-12 relative.
-TEST(CudaSumOfSquares, MatchesCpuAndIsDeterministic) {
+// double rounding over ≤ 3·10^6 positive terms stays below 1e-12 relative. All shapes in one
+// call (with an empty tensor and one that starts unaligned, inside another), twice.
+TEST(CudaSumsOfSquares, MatchCpuAndAreDeterministic) {
   uint64_t seed = 100;
-  for (DType dtype : {DType::F32, DType::BF16})
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    std::vector<Tensor> cpu_ts, gpu_ts;
     for (const Shape& shape : kShapes) {
       // The CPU sums the values as the GPU stores them.
-      const Tensor t = random_cpu(shape, seed++).to(dtype).to(DType::F32);
-      const double want = cpu::sum_of_squares(t);
-      const Tensor gt = to_gpu(t, dtype);
-      const double got = cuda::sum_of_squares(gt), again = cuda::sum_of_squares(gt);
-      EXPECT_NEAR(got, want, 1e-12 * want) << shape_str(shape) << " " << dtype_name(dtype);
-      EXPECT_EQ(got, again) << shape_str(shape) << " " << dtype_name(dtype);
+      cpu_ts.push_back(random_cpu(shape, seed++).to(dtype).to(DType::F32));
+      gpu_ts.push_back(to_gpu(cpu_ts.back(), dtype));
     }
-  EXPECT_EQ(cuda::sum_of_squares(test::gpu_zeros({0}, DType::F32)), 0.0);
+    cpu_ts.push_back(Tensor::zeros({0}, DType::F32));
+    gpu_ts.push_back(test::gpu_zeros({0}, dtype));
+    const Tensor whole = random_cpu({4097}, seed++).to(dtype).to(DType::F32);
+    cpu_ts.push_back(whole.slice0(1, 4097).clone());
+    gpu_ts.push_back(to_gpu(whole, dtype).slice0(1, 4097));
+    const std::vector<double> want = cpu::sums_of_squares(cpu_ts);
+    const std::vector<double> got = cuda::sums_of_squares(gpu_ts),
+                              again = cuda::sums_of_squares(gpu_ts);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_NEAR(got[i], want[i], 1e-12 * want[i]) << i << " " << dtype_name(dtype);
+      EXPECT_EQ(got[i], again[i]) << i << " " << dtype_name(dtype);
+    }
+    EXPECT_EQ(got[std::size(kShapes)], 0.0);
+  }
 }
 
 }  // namespace

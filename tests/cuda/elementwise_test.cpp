@@ -31,12 +31,29 @@ TEST(CudaAddInplace, MatchesCpuForOddAndLargeSizes) {
     }
 }
 
-// (rows, columns of the wide tensor, begin, width of the slice)
+// Slices one element into a buffer: the arrays are not 16-byte aligned, whatever their length.
+TEST(CudaAddInplace, MatchesCpuOnUnalignedSlices) {
+  for (DType dtype : kDtypes) {
+    Tensor a = random_cpu({4097}, 11), b = random_cpu({4097}, 12);
+    Tensor ga = to_gpu(a, dtype).slice0(1, 4097), gb = to_gpu(b, dtype).slice0(1, 4097);
+    cuda::add_inplace(ga, gb);
+    Tensor ca = a.slice0(1, 4097).clone();
+    cpu::add_inplace(ca, b.slice0(1, 4097).clone());
+    expect_close(std::string("add_inplace unaligned ") + dtype_name(dtype), ga, ca,
+                 tolerance(dtype));
+  }
+}
+
+// (rows, columns of the wide tensor, begin, width of the slice); the GPU copies in units of 1 to
+// 16 bytes, whichever the sizes and offsets allow.
 struct ColumnCase {
   int64_t rows, cols, begin, width;
 };
-const ColumnCase kColumnCases[] = {{1, 1, 0, 1},       {3, 7, 2, 4},     {5, 9, 8, 1},
-                                   {129, 300, 0, 300}, {70000, 5, 1, 3}, {17, 5000, 123, 4321}};
+const ColumnCase kColumnCases[] = {{1, 1, 0, 1},          {3, 7, 2, 4},
+                                   {5, 9, 8, 1},          {129, 300, 0, 300},
+                                   {70000, 5, 1, 3},      {17, 5000, 123, 4321},
+                                   {64, 96, 32, 40},      {10, 18, 2, 8},
+                                   {300, 1040, 1024, 16}, {2000, 2320, 1024, 1280}};
 
 // A plain copy: the GPU result must equal the CPU's bit for bit (compared with tolerance 0).
 TEST(CudaColumns, CopyColumnsMatchesCpuExactly) {

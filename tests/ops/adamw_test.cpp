@@ -38,11 +38,16 @@ TEST(AdamW, MismatchedShapesThrow) {
   EXPECT_THROW(adamw_step(w, g, m, v, AdamWStep{}), Error);
 }
 
-TEST(SumOfSquares, IsTheSquaredNorm) {
-  Tensor t = test::random_tensor({7, 3}, 4);
-  double want = 0;
-  for (int i = 0; i < 21; ++i) want += t.data<double>()[i] * t.data<double>()[i];
-  EXPECT_DOUBLE_EQ(sum_of_squares(t), want);
+TEST(SumsOfSquares, AreTheSquaredNormsOfEachTensor) {
+  const Tensor a = test::random_tensor({7, 3}, 4), b = test::random_tensor({5}, 5);
+  double want[2] = {0, 0};
+  for (int i = 0; i < 21; ++i) want[0] += a.data<double>()[i] * a.data<double>()[i];
+  for (int i = 0; i < 5; ++i) want[1] += b.data<double>()[i] * b.data<double>()[i];
+  const std::vector<double> got = sums_of_squares({a, b});
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_DOUBLE_EQ(got[0], want[0]);
+  EXPECT_DOUBLE_EQ(got[1], want[1]);
+  EXPECT_TRUE(sums_of_squares({}).empty());
 }
 
 }  // namespace nh

@@ -38,14 +38,18 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
   if (copy != nullptr) copy->copy_from(param);
 }
 
-double sum_of_squares(const Tensor& t) {
-  double total = 0;
-  with_float_type(t.dtype(), [&](auto zero) {
-    using T = decltype(zero);
-    const T* p = t.data<T>();
-    for (int64_t i = 0; i < t.numel(); ++i) total += double(p[i]) * double(p[i]);
-  });
-  return total;
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  std::vector<double> totals;
+  for (const Tensor& t : ts) {
+    double total = 0;
+    with_float_type(t.dtype(), [&](auto zero) {
+      using T = decltype(zero);
+      const T* p = t.data<T>();
+      for (int64_t i = 0; i < t.numel(); ++i) total += double(p[i]) * double(p[i]);
+    });
+    totals.push_back(total);
+  }
+  return totals;
 }
 
 }  // namespace nh::cpu

@@ -1,6 +1,6 @@
 // AdamW and the squared norm on the GPU (ops/adamw.h). param, m, v: F32; grad: F32 or BF16.
 // The step computes in fp32 (the bias corrections and lr are formed in double on the host).
-// sum_of_squares accumulates in double over a fixed partition: at most kSumBlocks blocks, their
+// sums_of_squares accumulates in double over a fixed partition: at most kSumBlocks blocks, their
 // number set by the element count alone, a fixed-shape tree in each block, then one block adds
 // the partials by the same tree; the same result on every run and GPU.
 #include <algorithm>
@@ -96,14 +96,19 @@ __device__ double block_sum(double value) {
   return value;
 }
 
-// partial[block] = Σ t[i]² over the block's grid-stride share of the elements, in double.
-template <class T>
-__global__ void sum_of_squares_partial_kernel(const T* t, int64_t n, double* partial) {
+// partial[block] = Σ t[i]² over the block's grid-stride share of the n packs of elements, in
+// double.
+template <class T, int kVec>
+__global__ void sum_of_squares_partial_kernel(const Pack<T, kVec>* t, int64_t n, double* partial) {
   double sum = 0.0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const double x = to_f32(t[i]);
-    sum += x * x;
+    const Pack<T, kVec> p = t[i];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const double x = to_f32(p.v[k]);
+      sum += x * x;
+    }
   }
   sum = block_sum(sum);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
@@ -169,25 +174,47 @@ void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const A
   });
 }
 
-double sum_of_squares(const Tensor& t) {
-  require_cuda(t, "sum_of_squares", "t");
-  const int64_t n = t.numel();
-  if (n == 0) return 0;
-  const int64_t blocks = std::min<int64_t>(blocks_for(n, kSumThreads), kSumBlocks);
-  Tensor partial = Tensor::empty({blocks + 1}, DType::F64, Device::CUDA);
-  double* partials = ptr<double>(partial);
-  double* total = partials + blocks;
-  with_gpu_float_type(t.dtype(), [&](auto zero) {
-    using T = decltype(zero);
-    sum_of_squares_partial_kernel<T>
-        <<<unsigned(blocks), kSumThreads, 0, stream()>>>(ptr<T>(t), n, partials);
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  // Each tensor's partials, then its total: one buffer, one read-back at the end.
+  std::vector<int64_t> blocks, first;
+  int64_t count = 0;
+  for (const Tensor& t : ts) {
+    require_cuda(t, "sums_of_squares", "t");
+    first.push_back(count);
+    blocks.push_back(std::clamp<int64_t>(blocks_for(t.numel(), kSumThreads), 1, kSumBlocks));
+    count += blocks.back();
+  }
+  const int64_t n_tensors = int64_t(ts.size());
+  Tensor buffer = Tensor::empty({count + n_tensors}, DType::F64, Device::CUDA);
+  double* partials = ptr<double>(buffer);
+  double* totals = partials + count;
+  for (int64_t i = 0; i < n_tensors; ++i) {
+    const Tensor& t = ts[size_t(i)];
+    double* mine = partials + first[size_t(i)];
+    with_gpu_float_type(t.dtype(), [&](auto zero) {
+      using T = decltype(zero);
+      // Eight or four elements at a time where the tensor allows (the partition stays fixed).
+      constexpr int kVec = 16 / sizeof(T);
+      const bool vec =
+          t.numel() % kVec == 0 && reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0;
+      const unsigned grid = unsigned(blocks[size_t(i)]);
+      if (vec)
+        sum_of_squares_partial_kernel<T, kVec><<<grid, kSumThreads, 0, stream()>>>(
+            static_cast<const Pack<T, kVec>*>(t.raw()), t.numel() / kVec, mine);
+      else
+        sum_of_squares_partial_kernel<T, 1><<<grid, kSumThreads, 0, stream()>>>(
+            static_cast<const Pack<T, 1>*>(t.raw()), t.numel(), mine);
+      NH_CUDA_CHECK_LAUNCH();
+    });
+    sum_partials_kernel<<<1, kSumThreads, 0, stream()>>>(mine, blocks[size_t(i)], totals + i);
     NH_CUDA_CHECK_LAUNCH();
-  });
-  sum_partials_kernel<<<1, kSumThreads, 0, stream()>>>(partials, blocks, total);
-  NH_CUDA_CHECK_LAUNCH();
-  double result = 0;
-  NH_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, stream()));
-  NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+  std::vector<double> result(size_t(n_tensors), 0.0);
+  if (n_tensors > 0) {
+    NH_CUDA_CHECK(cudaMemcpyAsync(result.data(), totals, sizeof(double) * size_t(n_tensors),
+                                  cudaMemcpyDeviceToHost, stream()));
+    NH_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
   return result;
 }
 

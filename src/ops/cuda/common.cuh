@@ -49,6 +49,12 @@ __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
 
+// kVec elements moved as one aligned load or store.
+template <class T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
 // Calls f(T{}) with T = float or bf16 by dtype (the GPU backend stores F32 or BF16).
 template <class F>
 void with_gpu_float_type(DType dtype, F&& f) {

@@ -2,6 +2,7 @@
 //   add_inplace: F32 or BF16, added in fp32 (one rounding to the dtype of a)
 //   copy_columns / write_columns: any dtype; a copy of bytes, no conversion
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -16,17 +17,22 @@ constexpr int kThreads = 256;
 // Enough blocks of kThreads to fill an H100 several times over; the loops are grid-stride.
 constexpr int64_t kMaxBlocks = 4096;
 
-// a[i] += b[i] over n elements, grid-stride.
-template <class T>
-__global__ void add_inplace_kernel(T* a, const T* b, int64_t n) {
+// a[i] += b[i] over n packs of kVec elements, grid-stride.
+template <class T, int kVec>
+__global__ void add_inplace_kernel(Pack<T, kVec>* a, const Pack<T, kVec>* b, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    a[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+       i += int64_t(gridDim.x) * blockDim.x) {
+    Pack<T, kVec> x = a[i];
+    const Pack<T, kVec> y = b[i];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) x.v[k] = from_f32<T>(to_f32(x.v[k]) + to_f32(y.v[k]));
+    a[i] = x;
+  }
 }
 
 // dst[r, dst_begin + j] = src[r, src_begin + j] for r < rows, j < width: blockIdx.y strides
-// over rows, x threads over the row's columns (both grid-stride). E is an unsigned integer
-// type of the element's size, so any dtype copies bit for bit.
+// over rows, x threads over the row's columns (both grid-stride). E is a plain type of 1 to 16
+// bytes (one element or several), so any dtype copies bit for bit.
 template <class E>
 __global__ void copy_row_block_kernel(const E* src, int64_t src_cols, int64_t src_begin, E* dst,
                                       int64_t dst_cols, int64_t dst_begin, int64_t rows,
@@ -57,21 +63,31 @@ void check_columns(const Tensor& wide, const Tensor& narrow, int64_t begin, cons
                     std::to_string(begin));
 }
 
-// A copy of a [rows, width] block between two row-major matrices of one dtype.
+// A copy of a [rows, width] block between two row-major matrices of one dtype, moved in the
+// widest unit (up to 16 bytes) that the row lengths, offsets, width and both base addresses
+// are multiples of: the Mamba layer's column blocks go 16 bytes at a time.
 void copy_row_block(const Tensor& src, int64_t src_begin, Tensor& dst, int64_t dst_begin,
                     int64_t rows, int64_t width) {
   if (rows == 0 || width == 0) return;
+  const int64_t e = int64_t(dtype_size(src.dtype()));
   const int64_t src_cols = as_matrix(src).second, dst_cols = as_matrix(dst).second;
-  const dim3 grid(unsigned(std::min<int64_t>(blocks_for(width, kThreads), 64)),
+  int64_t unit = 16;
+  for (const int64_t bytes : {src_cols * e, dst_cols * e, src_begin * e, dst_begin * e, width * e,
+                              int64_t(reinterpret_cast<uintptr_t>(src.raw())),
+                              int64_t(reinterpret_cast<uintptr_t>(dst.raw()))})
+    while (bytes % unit != 0) unit /= 2;
+  const int64_t k = unit / e;  // elements per unit (element sizes are powers of two)
+  NH_CHECK(k >= 1, "copy_columns: unexpected element size");
+  const dim3 grid(unsigned(std::min<int64_t>(blocks_for(width / k, kThreads), 64)),
                   unsigned(std::min<int64_t>(rows, 65535)));
   auto launch = [&](auto zero) {
     using E = decltype(zero);
     copy_row_block_kernel<E><<<grid, kThreads, 0, stream()>>>(
-        static_cast<const E*>(src.raw()), src_cols, src_begin, static_cast<E*>(dst.raw()), dst_cols,
-        dst_begin, rows, width);
+        static_cast<const E*>(src.raw()), src_cols / k, src_begin / k, static_cast<E*>(dst.raw()),
+        dst_cols / k, dst_begin / k, rows, width / k);
     NH_CUDA_CHECK_LAUNCH();
   };
-  switch (dtype_size(src.dtype())) {
+  switch (unit) {
     case 1:
       launch(uint8_t{});
       break;
@@ -82,10 +98,10 @@ void copy_row_block(const Tensor& src, int64_t src_begin, Tensor& dst, int64_t d
       launch(uint32_t{});
       break;
     case 8:
-      launch(uint64_t{});
+      launch(uint2{});
       break;
     default:
-      NH_CHECK(false, "copy_columns: unexpected element size");
+      launch(uint4{});
   }
 }
 
@@ -102,9 +118,24 @@ void add_inplace(Tensor& a, const Tensor& b) {
   if (n == 0) return;
   with_gpu_float_type(a.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(n, kThreads), kMaxBlocks));
-    add_inplace_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<T>(a), ptr<T>(b), n);
-    NH_CUDA_CHECK_LAUNCH();
+    // 16 bytes at a time where both arrays allow.
+    constexpr int kVec = 16 / sizeof(T);
+    auto launch = [&](auto pack) {
+      using P = decltype(pack);
+      constexpr int64_t kElements = sizeof(P) / sizeof(T);
+      const int64_t packs = n / kElements;
+      const unsigned blocks =
+          unsigned(std::min<int64_t>(blocks_for(packs, kThreads), kMaxBlocks));
+      add_inplace_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<P*>(a.raw()),
+                                                            static_cast<const P*>(b.raw()), packs);
+      NH_CUDA_CHECK_LAUNCH();
+    };
+    const bool vec = n % kVec == 0 && reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(b.raw()) % 16 == 0;
+    if (vec)
+      launch(Pack<T, kVec>{});
+    else
+      launch(Pack<T, 1>{});
   });
 }
 
