@@ -27,21 +27,35 @@ struct Silu {
   }
 };
 
-// y[i] = f(x[i]), grid-stride.
-template <class T, class F>
-__global__ void activation_forward_kernel(const T* x, T* y, int64_t n, F f) {
+// y[i] = f(x[i]) over n packs of kVec elements, grid-stride.
+template <class T, int kVec, class F>
+__global__ void activation_forward_kernel(const Pack<T, kVec>* x, Pack<T, kVec>* y, int64_t n,
+                                          F f) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = from_f32<T>(f.forward(to_f32(x[i])));
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Pack<T, kVec> xv = x[i];
+    Pack<T, kVec> yv;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) yv.v[k] = from_f32<T>(f.forward(to_f32(xv.v[k])));
+    y[i] = yv;
+  }
 }
 
-// dx[i] = f'(x[i]) · dy[i], grid-stride.
-template <class T, class F>
-__global__ void activation_backward_kernel(const T* x, const T* dy, T* dx, int64_t n, F f) {
+// dx[i] = f'(x[i]) · dy[i] over n packs of kVec elements, grid-stride.
+template <class T, int kVec, class F>
+__global__ void activation_backward_kernel(const Pack<T, kVec>* x, const Pack<T, kVec>* dy,
+                                           Pack<T, kVec>* dx, int64_t n, F f) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    dx[i] = from_f32<T>(f.backward(to_f32(x[i]), to_f32(dy[i])));
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Pack<T, kVec> xv = x[i], gv = dy[i];
+    Pack<T, kVec> out;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      out.v[k] = from_f32<T>(f.backward(to_f32(xv.v[k]), to_f32(gv.v[k])));
+    dx[i] = out;
+  }
 }
+
 
 void check_like(const Tensor& t, const Tensor& x, const char* op, const char* what) {
   require_cuda(t, op, what);
@@ -63,9 +77,13 @@ void activation_forward(const char* op, const Tensor& x, Tensor& y, F f) {
   if (n == 0) return;
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    activation_forward_kernel<T, F>
-        <<<grid_for(n), kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(y), n, f);
-    NH_CUDA_CHECK_LAUNCH();
+    with_pack<T>(n, {&x, &y}, [&](auto pack) {
+      using P = decltype(pack);
+      const int64_t packs = n / P::kSize;
+      activation_forward_kernel<<<grid_for(packs), kThreads, 0, stream()>>>(
+          static_cast<const P*>(x.raw()), static_cast<P*>(y.raw()), packs, f);
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -78,9 +96,14 @@ void activation_backward(const char* op, const Tensor& x, const Tensor& dy, Tens
   if (n == 0) return;
   with_gpu_float_type(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    activation_backward_kernel<T, F>
-        <<<grid_for(n), kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(dy), ptr<T>(dx), n, f);
-    NH_CUDA_CHECK_LAUNCH();
+    with_pack<T>(n, {&x, &dy, &dx}, [&](auto pack) {
+      using P = decltype(pack);
+      const int64_t packs = n / P::kSize;
+      activation_backward_kernel<<<grid_for(packs), kThreads, 0, stream()>>>(
+          static_cast<const P*>(x.raw()), static_cast<const P*>(dy.raw()),
+          static_cast<P*>(dx.raw()), packs, f);
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 

@@ -193,18 +193,13 @@ std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
     double* mine = partials + first[size_t(i)];
     with_gpu_float_type(t.dtype(), [&](auto zero) {
       using T = decltype(zero);
-      // Eight or four elements at a time where the tensor allows (the partition stays fixed).
-      constexpr int kVec = 16 / sizeof(T);
-      const bool vec =
-          t.numel() % kVec == 0 && reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0;
-      const unsigned grid = unsigned(blocks[size_t(i)]);
-      if (vec)
-        sum_of_squares_partial_kernel<T, kVec><<<grid, kSumThreads, 0, stream()>>>(
-            static_cast<const Pack<T, kVec>*>(t.raw()), t.numel() / kVec, mine);
-      else
-        sum_of_squares_partial_kernel<T, 1><<<grid, kSumThreads, 0, stream()>>>(
-            static_cast<const Pack<T, 1>*>(t.raw()), t.numel(), mine);
-      NH_CUDA_CHECK_LAUNCH();
+      // 16 bytes at a time where the tensor allows (the partition stays fixed).
+      with_pack<T>(t.numel(), {&t}, [&](auto pack) {
+        using P = decltype(pack);
+        sum_of_squares_partial_kernel<<<unsigned(blocks[size_t(i)]), kSumThreads, 0, stream()>>>(
+            static_cast<const P*>(t.raw()), t.numel() / P::kSize, mine);
+        NH_CUDA_CHECK_LAUNCH();
+      });
     });
     sum_partials_kernel<<<1, kSumThreads, 0, stream()>>>(mine, blocks[size_t(i)], totals + i);
     NH_CUDA_CHECK_LAUNCH();

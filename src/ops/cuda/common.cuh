@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "core/error.h"
@@ -52,8 +53,22 @@ __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat1
 // kVec elements moved as one aligned load or store.
 template <class T, int kVec>
 struct alignas(sizeof(T) * kVec) Pack {
+  static constexpr int kSize = kVec;
   T v[kVec];
 };
+
+// Calls f(Pack<T, 16 / sizeof(T)>{}) where `count` (elements a kernel walks in packs) and every
+// tensor's base address allow 16-byte packs, else f(Pack<T, 1>{}).
+template <class T, class F>
+void with_pack(int64_t count, std::initializer_list<const Tensor*> tensors, F&& f) {
+  constexpr int kVec = 16 / sizeof(T);
+  bool vec = count % kVec == 0;
+  for (const Tensor* t : tensors) vec = vec && reinterpret_cast<uintptr_t>(t->raw()) % 16 == 0;
+  if (vec)
+    f(Pack<T, kVec>{});
+  else
+    f(Pack<T, 1>{});
+}
 
 // Calls f(T{}) with T = float or bf16 by dtype (the GPU backend stores F32 or BF16).
 template <class F>

@@ -118,24 +118,15 @@ void add_inplace(Tensor& a, const Tensor& b) {
   if (n == 0) return;
   with_gpu_float_type(a.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    // 16 bytes at a time where both arrays allow.
-    constexpr int kVec = 16 / sizeof(T);
-    auto launch = [&](auto pack) {
+    with_pack<T>(n, {&a, &b}, [&](auto pack) {
       using P = decltype(pack);
-      constexpr int64_t kElements = sizeof(P) / sizeof(T);
-      const int64_t packs = n / kElements;
+      const int64_t packs = n / P::kSize;
       const unsigned blocks =
           unsigned(std::min<int64_t>(blocks_for(packs, kThreads), kMaxBlocks));
       add_inplace_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<P*>(a.raw()),
                                                             static_cast<const P*>(b.raw()), packs);
       NH_CUDA_CHECK_LAUNCH();
-    };
-    const bool vec = n % kVec == 0 && reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0 &&
-                     reinterpret_cast<uintptr_t>(b.raw()) % 16 == 0;
-    if (vec)
-      launch(Pack<T, kVec>{});
-    else
-      launch(Pack<T, 1>{});
+    });
   });
 }
 

@@ -17,58 +17,95 @@ namespace {
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
 
+// The gate x·silu(z) of kVec elements.
+template <class T, int kVec>
+__device__ __forceinline__ void gates(const Pack<T, kVec>& x, const Pack<T, kVec>& z,
+                                      float (&g)[kVec]) {
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const float zv = to_f32(z.v[k]);
+    g[k] = to_f32(x.v[k]) * (zv * sigmoid(zv));
+  }
+}
+
 // One block per (row, group) = blockIdx.x: rstd[row, group] = 1/sqrt(mean g² + eps) over the
-// group's channels, y = w · T(g · rstd).
-template <class T, class R>
+// group's channels, y = w · T(g · rstd). Threads take packs of kVec channels (16 bytes where the
+// group size and alignment allow).
+template <class T, class R, int kVec>
 __global__ void gated_rmsnorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ z,
                                              const T* __restrict__ w, float eps, int64_t channels,
                                              int64_t groups, T* __restrict__ y,
                                              R* __restrict__ rstd) {
-  const int64_t group_size = channels / groups;
+  using P = Pack<T, kVec>;
+  const int64_t group_size = channels / groups, packs = group_size / kVec;
   const int64_t row = blockIdx.x / groups, j = blockIdx.x % groups;
   const int64_t base = row * channels + j * group_size;
-  const T* wj = w + j * group_size;
+  const P* xp = reinterpret_cast<const P*>(x + base);
+  const P* zp = reinterpret_cast<const P*>(z + base);
+  const P* wp = reinterpret_cast<const P*>(w + j * group_size);
   float ss = 0.f;
-  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
-    const float zv = to_f32(z[base + c]);
-    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
-    ss += g * g;
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    float g[kVec];
+    gates(xp[c], zp[c], g);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) ss += g[k] * g[k];
   }
   ss = block_sum(ss);
   const R stored = from_f32<R>(1.f / sqrtf(ss / float(group_size) + eps));
   if (threadIdx.x == 0) rstd[blockIdx.x] = stored;
   const float rs = to_f32(stored);
-  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
-    const float zv = to_f32(z[base + c]);
-    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
-    y[base + c] = from_f32<T>(to_f32(wj[c]) * to_f32(from_f32<T>(g * rs)));
+  P* yp = reinterpret_cast<P*>(y + base);
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    float g[kVec];
+    gates(xp[c], zp[c], g);
+    const P wv = wp[c];
+    P out;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      out.v[k] = from_f32<T>(to_f32(wv.v[k]) * to_f32(from_f32<T>(g[k] * rs)));
+    yp[c] = out;
   }
 }
 
 // One block per (row, group): with n = g·rstd, dg = rstd · (dy·w − n · mean(dy·w·n)),
-// dx = dg · silu(z), dz = dg · x · σ(z)(1 + z(1 − σ(z))).
-template <class T, class R>
+// dx = dg · silu(z), dz = dg · x · σ(z)(1 + z(1 − σ(z))). Packs of kVec channels as the forward.
+template <class T, class R, int kVec>
 __global__ void gated_rmsnorm_backward_dxdz_kernel(const T* x, const T* z, const T* w,
                                                    const R* rstd, const T* dy, int64_t channels,
                                                    int64_t groups, T* dx, T* dz) {
-  const int64_t group_size = channels / groups;
+  using P = Pack<T, kVec>;
+  const int64_t group_size = channels / groups, packs = group_size / kVec;
   const int64_t row = blockIdx.x / groups, j = blockIdx.x % groups;
   const int64_t base = row * channels + j * group_size;
-  const T* wj = w + j * group_size;
+  const P* xp = reinterpret_cast<const P*>(x + base);
+  const P* zp = reinterpret_cast<const P*>(z + base);
+  const P* dyp = reinterpret_cast<const P*>(dy + base);
+  const P* wp = reinterpret_cast<const P*>(w + j * group_size);
   const float rs = to_f32(rstd[blockIdx.x]);
   float dot = 0.f;
-  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
-    const float zv = to_f32(z[base + c]);
-    const float g = to_f32(x[base + c]) * (zv * sigmoid(zv));
-    dot += to_f32(dy[base + c]) * to_f32(wj[c]) * (g * rs);
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    float g[kVec];
+    gates(xp[c], zp[c], g);
+    const P dyv = dyp[c], wv = wp[c];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) dot += to_f32(dyv.v[k]) * to_f32(wv.v[k]) * (g[k] * rs);
   }
   const float mean = block_sum(dot) / float(group_size);
-  for (int64_t c = threadIdx.x; c < group_size; c += blockDim.x) {
-    const float xv = to_f32(x[base + c]), zv = to_f32(z[base + c]);
-    const float s = sigmoid(zv), g = xv * (zv * s);
-    const float dg = rs * (to_f32(dy[base + c]) * to_f32(wj[c]) - g * rs * mean);
-    dx[base + c] = from_f32<T>(dg * zv * s);
-    dz[base + c] = from_f32<T>(dg * xv * s * (1.f + zv * (1.f - s)));
+  P* dxp = reinterpret_cast<P*>(dx + base);
+  P* dzp = reinterpret_cast<P*>(dz + base);
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    const P xv = xp[c], zv = zp[c], dyv = dyp[c], wv = wp[c];
+    P dxo, dzo;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float xf = to_f32(xv.v[k]), zf = to_f32(zv.v[k]);
+      const float s = sigmoid(zf), g = xf * (zf * s);
+      const float dg = rs * (to_f32(dyv.v[k]) * to_f32(wv.v[k]) - g * rs * mean);
+      dxo.v[k] = from_f32<T>(dg * zf * s);
+      dzo.v[k] = from_f32<T>(dg * xf * s * (1.f + zf * (1.f - s)));
+    }
+    dxp[c] = dxo;
+    dzp[c] = dzo;
   }
 }
 
@@ -92,7 +129,7 @@ __global__ void gated_rmsnorm_dw_partial_kernel(const T* x, const T* z, const R*
   partial[blockIdx.y * channels + c] = acc;
 }
 
-// Threads for one block per group of `n` channels: a warp multiple, at most 512.
+// Threads for one block per group of `n` packs: a warp multiple, at most 512.
 int group_threads(int64_t n) { return int(std::min<int64_t>(512, (n + 31) / 32 * 32)); }
 
 void check(const Tensor& t, const Shape& shape, DType dtype, const std::string& what) {
@@ -141,10 +178,15 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
   with_norm_types(x, rstd, [&](auto t, auto r) {
     using T = decltype(t);
     using R = decltype(r);
-    gated_rmsnorm_forward_kernel<T, R>
-        <<<unsigned(rows * groups), group_threads(channels / groups), 0, stream()>>>(
-            ptr<T>(x), ptr<T>(z), ptr<T>(w), float(eps), channels, groups, ptr<T>(y), ptr<R>(rstd));
-    NH_CUDA_CHECK_LAUNCH();
+    const int64_t group_size = channels / groups;
+    with_pack<T>(group_size, {&x, &z, &w, &y}, [&](auto pack) {
+      constexpr int kVec = decltype(pack)::kSize;
+      gated_rmsnorm_forward_kernel<T, R, kVec>
+          <<<unsigned(rows * groups), group_threads(group_size / kVec), 0, stream()>>>(
+              ptr<T>(x), ptr<T>(z), ptr<T>(w), float(eps), channels, groups, ptr<T>(y),
+              ptr<R>(rstd));
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -167,11 +209,15 @@ void gated_rmsnorm_backward(const Tensor& x, const Tensor& z, const Tensor& w, i
   with_norm_types(x, rstd, [&](auto t, auto r) {
     using T = decltype(t);
     using R = decltype(r);
-    gated_rmsnorm_backward_dxdz_kernel<T, R>
-        <<<unsigned(rows * groups), group_threads(channels / groups), 0, stream()>>>(
-            ptr<T>(x), ptr<T>(z), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), channels, groups, ptr<T>(dx),
-            ptr<T>(dz));
-    NH_CUDA_CHECK_LAUNCH();
+    const int64_t group_size = channels / groups;
+    with_pack<T>(group_size, {&x, &z, &w, &dy, &dx, &dz}, [&](auto pack) {
+      constexpr int kVec = decltype(pack)::kSize;
+      gated_rmsnorm_backward_dxdz_kernel<T, R, kVec>
+          <<<unsigned(rows * groups), group_threads(group_size / kVec), 0, stream()>>>(
+              ptr<T>(x), ptr<T>(z), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), channels, groups,
+              ptr<T>(dx), ptr<T>(dz));
+      NH_CUDA_CHECK_LAUNCH();
+    });
     const dim3 grid(blocks_for(channels, kThreads), unsigned(chunks));
     gated_rmsnorm_dw_partial_kernel<T, R>
         <<<grid, kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(z), ptr<R>(rstd), ptr<T>(dy), rows,

@@ -13,75 +13,75 @@ namespace nh::cuda {
 
 namespace {
 
-// Elements per thread loaded together: a row is walked in tiles of kTile · blockDim.x, each
-// tile's loads issued at once (a decode step normalises a single row, so its latency counts).
-constexpr int kTile = 8;
-
-// One block per row: with delta, first x += delta (rounded to T and stored); then
+// One block per row, threads taking packs of kVec elements (16 bytes where the row length and
+// alignment allow): with delta, first x += delta (rounded to T and stored); then
 // rstd[row] = 1/sqrt(mean x² + eps), y = w · T(x · rstd). Each thread reads back only the
-// elements it wrote.
-template <class T, class R>
+// packs it wrote.
+template <class T, class R, int kVec>
 __global__ void rmsnorm_forward_kernel(T* __restrict__ x, const T* __restrict__ delta,
                                        const T* __restrict__ w, float eps, int64_t dim,
                                        T* __restrict__ y, R* __restrict__ rstd) {
-  const int64_t row = blockIdx.x, tile = int64_t(kTile) * blockDim.x;
-  T* xr = x + row * dim;
-  T* yr = y + row * dim;
+  using P = Pack<T, kVec>;
+  const int64_t row = blockIdx.x, packs = dim / kVec;
+  P* xr = reinterpret_cast<P*>(x + row * dim);
+  const P* dr = delta ? reinterpret_cast<const P*>(delta + row * dim) : nullptr;
+  const P* wp = reinterpret_cast<const P*>(w);
+  P* yr = reinterpret_cast<P*>(y + row * dim);
   float ss = 0.f;
-  for (int64_t base = threadIdx.x; base < dim; base += tile) {
-    float v[kTile];
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    P v = xr[c];
+    if (dr) {
+      const P dv = dr[c];
 #pragma unroll
-    for (int i = 0; i < kTile; ++i) {
-      const int64_t d = base + int64_t(i) * blockDim.x;
-      v[i] = d < dim ? to_f32(xr[d]) : 0.f;
-      if (delta && d < dim) v[i] += to_f32(delta[row * dim + d]);
+      for (int k = 0; k < kVec; ++k) v.v[k] = from_f32<T>(to_f32(v.v[k]) + to_f32(dv.v[k]));
+      xr[c] = v;
     }
 #pragma unroll
-    for (int i = 0; i < kTile; ++i) {
-      const int64_t d = base + int64_t(i) * blockDim.x;
-      if (delta && d < dim) {
-        const T sum = from_f32<T>(v[i]);
-        xr[d] = sum;
-        v[i] = to_f32(sum);
-      }
-      ss += v[i] * v[i];
-    }
+    for (int k = 0; k < kVec; ++k) ss += to_f32(v.v[k]) * to_f32(v.v[k]);
   }
   ss = block_sum(ss);
   const R stored = from_f32<R>(1.f / sqrtf(ss / float(dim) + eps));
   if (threadIdx.x == 0) rstd[row] = stored;
   const float rs = to_f32(stored);
-  for (int64_t base = threadIdx.x; base < dim; base += tile) {
-    float v[kTile], g[kTile];
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    const P v = xr[c], g = wp[c];
+    P out;
 #pragma unroll
-    for (int i = 0; i < kTile; ++i) {
-      const int64_t d = base + int64_t(i) * blockDim.x;
-      v[i] = d < dim ? to_f32(xr[d]) : 0.f;
-      g[i] = d < dim ? to_f32(w[d]) : 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < kTile; ++i) {
-      const int64_t d = base + int64_t(i) * blockDim.x;
-      if (d < dim) yr[d] = from_f32<T>(g[i] * to_f32(from_f32<T>(v[i] * rs)));
-    }
+    for (int k = 0; k < kVec; ++k)
+      out.v[k] = from_f32<T>(to_f32(g.v[k]) * to_f32(from_f32<T>(to_f32(v.v[k]) * rs)));
+    yr[c] = out;
   }
 }
 
-// One block per row: with n = x·rstd, dx = rstd · (dy·w − n · mean(dy·w·n)).
-template <class T, class R>
+// One block per row, packs of kVec elements: with n = x·rstd,
+// dx = rstd · (dy·w − n · mean(dy·w·n)).
+template <class T, class R, int kVec>
 __global__ void rmsnorm_backward_dx_kernel(const T* x, const T* w, const R* rstd, const T* dy,
                                            int64_t dim, T* dx) {
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * dim;
-  const T* gr = dy + row * dim;
-  T* dxr = dx + row * dim;
+  using P = Pack<T, kVec>;
+  const int64_t row = blockIdx.x, packs = dim / kVec;
+  const P* xr = reinterpret_cast<const P*>(x + row * dim);
+  const P* gr = reinterpret_cast<const P*>(dy + row * dim);
+  const P* wp = reinterpret_cast<const P*>(w);
+  P* dxr = reinterpret_cast<P*>(dx + row * dim);
   const float rs = to_f32(rstd[row]);
   float dot = 0.f;
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
-    dot += to_f32(gr[d]) * to_f32(w[d]) * (to_f32(xr[d]) * rs);
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    const P xv = xr[c], gv = gr[c], wv = wp[c];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      dot += to_f32(gv.v[k]) * to_f32(wv.v[k]) * (to_f32(xv.v[k]) * rs);
+  }
   const float mean = block_sum(dot) / float(dim);
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
-    dxr[d] = from_f32<T>(rs * (to_f32(gr[d]) * to_f32(w[d]) - to_f32(xr[d]) * rs * mean));
+  for (int64_t c = threadIdx.x; c < packs; c += blockDim.x) {
+    const P xv = xr[c], gv = gr[c], wv = wp[c];
+    P out;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      out.v[k] = from_f32<T>(
+          rs * (to_f32(gv.v[k]) * to_f32(wv.v[k]) - to_f32(xv.v[k]) * rs * mean));
+    dxr[c] = out;
+  }
 }
 
 // partial[chunk, d] = Σ over the chunk's rows, in order, of dy · T(x · rstd). Grid
@@ -100,8 +100,8 @@ __global__ void rmsnorm_dw_partial_kernel(const T* x, const R* rstd, const T* dy
   partial[blockIdx.y * dim + d] = acc;
 }
 
-// Threads for one block per row of `dim` elements: a warp multiple, at most 512.
-int row_threads(int64_t dim) { return int(std::min<int64_t>(512, (dim + 31) / 32 * 32)); }
+// Threads for one block per row of `n` packs: a warp multiple, at most 512.
+int row_threads(int64_t n) { return int(std::min<int64_t>(512, (n + 31) / 32 * 32)); }
 
 void check(const Tensor& t, const Shape& shape, DType dtype, const std::string& what) {
   require_cuda(t, "rmsnorm", what.c_str());
@@ -144,10 +144,14 @@ void launch_forward(const Tensor& x, const Tensor& delta, const Tensor& w, doubl
   with_norm_types(x, rstd, [&](auto t, auto r) {
     using T = decltype(t);
     using R = decltype(r);
-    rmsnorm_forward_kernel<T, R><<<unsigned(rows), row_threads(dim), 0, stream()>>>(
-        ptr<T>(x), delta.defined() ? ptr<T>(delta) : nullptr, ptr<T>(w), float(eps), dim,
-        ptr<T>(y), ptr<R>(rstd));
-    NH_CUDA_CHECK_LAUNCH();
+    const Tensor* d = delta.defined() ? &delta : &x;  // x stands in: its alignment is checked
+    with_pack<T>(dim, {&x, d, &w, &y}, [&](auto pack) {
+      constexpr int kVec = decltype(pack)::kSize;
+      rmsnorm_forward_kernel<T, R, kVec><<<unsigned(rows), row_threads(dim / kVec), 0, stream()>>>(
+          ptr<T>(x), delta.defined() ? ptr<T>(delta) : nullptr, ptr<T>(w), float(eps), dim,
+          ptr<T>(y), ptr<R>(rstd));
+      NH_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -179,9 +183,13 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   with_norm_types(x, rstd, [&](auto t, auto r) {
     using T = decltype(t);
     using R = decltype(r);
-    rmsnorm_backward_dx_kernel<T, R><<<unsigned(rows), row_threads(dim), 0, stream()>>>(
-        ptr<T>(x), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), dim, ptr<T>(dx));
-    NH_CUDA_CHECK_LAUNCH();
+    with_pack<T>(dim, {&x, &w, &dy, &dx}, [&](auto pack) {
+      constexpr int kVec = decltype(pack)::kSize;
+      rmsnorm_backward_dx_kernel<T, R, kVec>
+          <<<unsigned(rows), row_threads(dim / kVec), 0, stream()>>>(
+              ptr<T>(x), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), dim, ptr<T>(dx));
+      NH_CUDA_CHECK_LAUNCH();
+    });
     const dim3 grid(blocks_for(dim, kThreads), unsigned(chunks));
     rmsnorm_dw_partial_kernel<T, R><<<grid, kThreads, 0, stream()>>>(
         ptr<T>(x), ptr<R>(rstd), ptr<T>(dy), rows, dim, rows_per_chunk, ptr<float>(partial));
