@@ -27,8 +27,9 @@
 // Determinism: no atomics. Sums that span blocks go to per-tile or per-(batch, chunk, head)
 // buffers that one kernel then adds in a fixed order (dB, dC over a group's heads as the CPU).
 #include <algorithm>
-#include <cstdlib>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "core/kernel_versions.h"
@@ -184,38 +185,56 @@ __global__ void __launch_bounds__(kThreads)
 // start and end are [B, H, P, N] in the storage type, each optional; end may be F32 instead
 // (E = float: a bf16 prefill hands its final state to fp32 decoding).
 // The chunks go kPassBatch at a time, their loads issued before any store: the walk is bound by
-// memory latency, not bandwidth.
+// memory latency, not bandwidth. A thread walks kVec neighbouring (p, n) at once (16-byte loads
+// of the fp32 terms where P·N allows).
 constexpr int kPassBatch = 8;
 
-template <class T, class E, class S>
+template <class T, class E, class S, int kVec>
 __global__ void pass_states_kernel(SsdDims d, const float* states, S* entering,
                                    const float* __restrict__ decay_in, bool reverse,
                                    const T* __restrict__ start, E* __restrict__ end) {
-  const int64_t pn_size = d.head_dim * d.state;
-  const int64_t flat = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (flat >= d.batch * d.heads * pn_size) return;
-  const int64_t pn = flat % pn_size, h = flat / pn_size % d.heads, b = flat / pn_size / d.heads;
-  float s = start != nullptr ? to_f32(start[flat]) : 0.f;
+  const int64_t pn_size = d.head_dim * d.state, packs = pn_size / kVec;
+  const int64_t pack = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (pack >= d.batch * d.heads * packs) return;
+  const int64_t pn = pack % packs * kVec, h = pack / packs % d.heads, b = pack / packs / d.heads;
+  const int64_t flat = (b * d.heads + h) * pn_size + pn;  // into start and end, [B, H, P, N]
+  float s[kVec] = {};
+  if (start != nullptr) {
+    const Pack<T, kVec> v = *reinterpret_cast<const Pack<T, kVec>*>(start + flat);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) s[k] = to_f32(v.v[k]);
+  }
   for (int64_t k0 = 0; k0 < d.n_chunks; k0 += kPassBatch) {
-    float own[kPassBatch], decay[kPassBatch];
+    Pack<float, kVec> own[kPassBatch];
+    float decay[kPassBatch];
     int64_t at[kPassBatch];
 #pragma unroll
     for (int u = 0; u < kPassBatch; ++u) {
       const int64_t k = k0 + u, c = reverse ? d.n_chunks - 1 - k : k;
       if (k >= d.n_chunks) break;
       at[u] = ((b * d.n_chunks + c) * d.heads + h) * pn_size + pn;
-      own[u] = states[at[u]];
+      own[u] = *reinterpret_cast<const Pack<float, kVec>*>(states + at[u]);
       const int64_t last = ((c + 1) * d.chunk < d.seqlen ? (c + 1) * d.chunk : d.seqlen) - 1;
       decay[u] = decay_in[(b * d.seqlen + last) * d.heads + h];
     }
 #pragma unroll
     for (int u = 0; u < kPassBatch; ++u) {
       if (k0 + u >= d.n_chunks) break;
-      entering[at[u]] = from_f32<S>(s);
-      s = decay[u] * s + own[u];
+      Pack<S, kVec> e;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        e.v[k] = from_f32<S>(s[k]);
+        s[k] = decay[u] * s[k] + own[u].v[k];
+      }
+      *reinterpret_cast<Pack<S, kVec>*>(entering + at[u]) = e;
     }
   }
-  if (end != nullptr) end[flat] = from_f32<E>(s);
+  if (end != nullptr) {
+    Pack<E, kVec> e;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) e.v[k] = from_f32<E>(s[k]);
+    *reinterpret_cast<Pack<E, kVec>*>(end + flat) = e;
+  }
 }
 
 // Step 4, block per (batch, chunk, head) × 64 × 64 tile of (i, p):
@@ -382,9 +401,21 @@ void pass_states(const SsdDims& d, Tensor& own, const Tensor& entering, const Te
                  bool reverse, const T* start, E* end) {
   const int64_t elements = d.batch * d.heads * d.head_dim * d.state;
   if (elements == 0) return;
+  // Four (p, n) per thread where P·N and the caller's start and end allow (the internal
+  // buffers are aligned allocations).
+  constexpr int kVec = 4;
+  const bool vec = d.head_dim * d.state % kVec == 0 &&
+                   reinterpret_cast<uintptr_t>(start) % (kVec * sizeof(T)) == 0 &&
+                   reinterpret_cast<uintptr_t>(end) % (kVec * sizeof(E)) == 0;
   with_entering(own, entering, [&](auto* to) {
-    pass_states_kernel<<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
-        d, ptr<float>(own), to, ptr<float>(decay_in), reverse, start, end);
+    using S = std::remove_pointer_t<decltype(to)>;
+    if (vec)
+      pass_states_kernel<T, E, S, kVec>
+          <<<blocks_for(elements / kVec, kThreads), kThreads, 0, stream()>>>(
+              d, ptr<float>(own), to, ptr<float>(decay_in), reverse, start, end);
+    else
+      pass_states_kernel<T, E, S, 1><<<blocks_for(elements, kThreads), kThreads, 0, stream()>>>(
+          d, ptr<float>(own), to, ptr<float>(decay_in), reverse, start, end);
   });
   NH_CUDA_CHECK_LAUNCH();
 }
