@@ -109,13 +109,14 @@ std::vector<GemmShape> gemm_shapes(const ModelConfig& c) {
 }
 
 // Calls f(name) once per kernel version of `op` in the playground (core/kernel_versions.h) with
-// NH_KERNELS selecting it: name is the op for its default version, op_version for the others
+// NH_KERNELS selecting it: name is `row` for its default version, row_version for the others
 // (ssd_tiles, attention_simt, …), so the versions come out side by side.
-void for_each_version(const std::string& op, const std::function<void(const std::string&)>& f) {
+void for_each_version(const std::string& op, const std::string& row,
+                      const std::function<void(const std::string&)>& f) {
   const std::vector<std::string> versions = kernel_versions(op);
   for (size_t i = 0; i < versions.size(); ++i) {
     const KernelVersionScope scope(op, versions[i]);
-    f(i == 0 ? op : op + "_" + versions[i]);
+    f(i == 0 ? row : row + "_" + versions[i]);
   }
 }
 
@@ -159,7 +160,7 @@ void bench_ssd(Bench& b, const ModelConfig& c, int64_t t) {
   const nlohmann::ordered_json shape = {{"H", h}, {"P", p}, {"G", g}, {"N", n}, {"chunk", q}};
   // "ssd" is what the model runs (the fused kernels at these shapes), "ssd_tiles" the tile
   // kernels they replaced, side by side.
-  for_each_version("ssd", [&](const std::string& kernels) {
+  for_each_version("ssd", "ssd", [&](const std::string& kernels) {
     b.time(
         kernels + ".fwd", t, flops, io,
         [&] { ssd_forward(x, dt, a, bm, cm, d, q, none, none, y, none); }, shape);
@@ -207,7 +208,7 @@ void bench_attention(Bench& b, const ModelConfig& c, int64_t t) {
   const double flops = 2.0 * double(t) * double(t) * double(h * hd);
   const double io = kBf16 * double(t * (2 * h + 2 * kv) * hd);
   const nlohmann::ordered_json shape = {{"heads", h}, {"kv_heads", kv}, {"head_dim", hd}};
-  for_each_version("attention", [&](const std::string& name) {
+  for_each_version("attention", "attention", [&](const std::string& name) {
     b.time(
         name + ".fwd", t, flops, io, [&] { attention_forward(q, k, v, none, scale, out, lse); },
         shape);
@@ -230,9 +231,11 @@ void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
            dx = Tensor::empty({t, d}, kAct, Device::CUDA);
     Tensor rstd = Tensor::empty({t}, DType::F32, Device::CUDA),
            dw = Tensor::zeros({d}, kAct, Device::CUDA);
-    b.time("rmsnorm.fwd_bwd", t, 0, kBf16 * double(5 * t * d), [&] {
-      rmsnorm_forward(x, w, c.layer_norm_epsilon, y, rstd);
-      rmsnorm_backward(x, w, rstd, dy, dx, dw);
+    for_each_version("rmsnorm", "rmsnorm", [&](const std::string& name) {
+      b.time(name + ".fwd_bwd", t, 0, kBf16 * double(5 * t * d), [&] {
+        rmsnorm_forward(x, w, c.layer_norm_epsilon, y, rstd);
+        rmsnorm_backward(x, w, rstd, dy, dx, dw);
+      });
     });
   }
   const Tensor x = random_gpu({t, d_inner}, kAct, 1), z = random_gpu({t, d_inner}, kAct, 2);
@@ -242,9 +245,11 @@ void bench_norms(Bench& b, const ModelConfig& c, int64_t t) {
   Tensor dz = Tensor::empty({t, d_inner}, kAct, Device::CUDA),
          dw = Tensor::zeros({d_inner}, kAct, Device::CUDA);
   Tensor rstd = Tensor::empty({t, c.n_groups}, DType::F32, Device::CUDA);
-  b.time("gated_rmsnorm.fwd_bwd", t, 0, kBf16 * double(8 * t * d_inner), [&] {
-    gated_rmsnorm_forward(x, z, w, c.n_groups, c.layer_norm_epsilon, y, rstd);
-    gated_rmsnorm_backward(x, z, w, c.n_groups, rstd, dy, dx, dz, dw);
+  for_each_version("gated_rmsnorm", "gated_rmsnorm", [&](const std::string& name) {
+    b.time(name + ".fwd_bwd", t, 0, kBf16 * double(8 * t * d_inner), [&] {
+      gated_rmsnorm_forward(x, z, w, c.n_groups, c.layer_norm_epsilon, y, rstd);
+      gated_rmsnorm_backward(x, z, w, c.n_groups, rstd, dy, dx, dz, dw);
+    });
   });
 }
 
@@ -258,9 +263,11 @@ void bench_lm_head(Bench& b, const ModelConfig& c, int64_t t) {
   const double tvd = double(t) * double(v) * double(d);
   // What training runs: loss and gradients in one pass (every label here is counted, so the
   // mean's scale 1/T is known before it).
-  b.time("lm_head_ce.fwd_bwd", t, 6 * tvd, kBf16 * double(2 * t * d + 2 * v * d),
-         [&] { lm_head_loss_forward_backward(h, w, labels, 1.0 / double(t), dh, dw); },
-         {{"vocab", v}});
+  for_each_version("lm_head_loss", "lm_head_ce", [&](const std::string& name) {
+    b.time(name + ".fwd_bwd", t, 6 * tvd, kBf16 * double(2 * t * d + 2 * v * d),
+           [&] { lm_head_loss_forward_backward(h, w, labels, 1.0 / double(t), dh, dw); },
+           {{"vocab", v}});
+  });
 }
 
 // Mixer forward and forward + backward of the first layer of each kind in the model.
@@ -347,7 +354,7 @@ int run(const Options& o) {
   // master and both moments, write the bf16 parameter.
   int64_t step = 0;
   if (b.wants("adamw"))
-    for_each_version("adamw", [&](const std::string& name) {
+    for_each_version("adamw", "adamw", [&](const std::string& name) {
       b.time(name + ".step", 0, 0, double(params) * (2 * 2 + 3 * 4 * 2 + 2),
              [&] { opt.step(1.0, 1e-5, ++step); }, {{"params", params}});
     });

@@ -16,6 +16,13 @@ const std::vector<KernelVersions>& kernel_playground() {
       {"attention", {"flash", "flash16", "simt"}},
       // ops/cuda/adamw.cu: four elements per thread where the arrays are aligned, or one.
       {"adamw", {"vec4", "scalar"}},
+      // ops/cuda/rmsnorm.cu and gated_rmsnorm.cu: 16-byte packs of a row (or group) per
+      // thread where its length and alignment allow, or single elements.
+      {"rmsnorm", {"packed", "scalar"}},
+      {"gated_rmsnorm", {"packed", "scalar"}},
+      // ops/cuda/lm_head_loss.cu, for training: loss and gradients in one pass over the chunks
+      // (three matrix products each), or the forward and then the backward (four).
+      {"lm_head_loss", {"one_pass", "two_pass"}},
   };
   return table;
 }

@@ -36,7 +36,7 @@ TEST(KernelVersions, EveryPlaygroundOpHasADefaultAndAnotherVersion) {
     EXPECT_GE(entry.versions.size(), 2u) << entry.op;
     EXPECT_EQ(kernel_versions(entry.op), entry.versions);
   }
-  EXPECT_EQ(kernel_versions("rmsnorm"), std::vector<std::string>{"default"});
+  EXPECT_EQ(kernel_versions("causal_conv1d"), std::vector<std::string>{"default"});
 }
 
 TEST(KernelVersions, UnsetOrSilentAboutTheOpMeansTheDefault) {
@@ -76,7 +76,7 @@ TEST(KernelVersions, ScopeSetsTheVersionAndRestoresTheVariable) {
   EXPECT_EQ(kernel_version("ssd"), 1);
   EXPECT_EQ(kernel_version("attention"), 0);
   EXPECT_THROW(KernelVersionScope("attention", "fast"), Error);
-  EXPECT_THROW(KernelVersionScope("rmsnorm", "default"), Error);
+  EXPECT_THROW(KernelVersionScope("causal_conv1d", "default"), Error);
 }
 
 }  // namespace

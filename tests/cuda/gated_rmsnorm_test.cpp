@@ -30,8 +30,8 @@ double eps_for(int64_t group_size) { return group_size == 1 ? 1.0 : 1e-5; }
 
 // Runs forward and backward on the CPU in F32 and on the GPU in `dtype` (rstd stored in
 // `rstd_dtype`) from the same inputs, and compares y, rstd, dx, dz and the accumulated dw.
-void expect_matches_cpu(const Shape& shape, int64_t groups, DType dtype, DType rstd_dtype,
-                        uint64_t seed) {
+void expect_matches_cpu_once(const Shape& shape, int64_t groups, DType dtype, DType rstd_dtype,
+                             uint64_t seed) {
   const int64_t channels = shape.back(), rows = shape_numel(shape) / channels;
   const double eps = eps_for(channels / groups);
   const Tensor x = random_input(shape, seed), z = random_input(shape, seed + 1),
@@ -59,6 +59,13 @@ void expect_matches_cpu(const Shape& shape, int64_t groups, DType dtype, DType r
   expect_close(tag + "dx", gdx, dx, tol);
   expect_close(tag + "dz", gdz, dz, tol);
   expect_close(tag + "dw", gdw, dw, tol);
+}
+
+// The above for every version of the GPU kernels (core/kernel_versions.h).
+void expect_matches_cpu(const Shape& shape, int64_t groups, DType dtype, DType rstd_dtype,
+                        uint64_t seed) {
+  test::for_each_kernel_version(
+      "gated_rmsnorm", [&] { expect_matches_cpu_once(shape, groups, dtype, rstd_dtype, seed); });
 }
 
 // Channel counts give group sizes from 1 (8 channels in 8 groups) through odd ones (7, 125) to

@@ -31,7 +31,7 @@ double eps_for(int64_t dim) { return dim == 1 ? 1.0 : 1e-5; }
 
 // Runs forward and backward on the CPU in F32 and on the GPU in `dtype` (rstd stored in
 // `rstd_dtype`) from the same inputs, and compares y, rstd, dx and the accumulated dw.
-void expect_matches_cpu(const Shape& shape, DType dtype, DType rstd_dtype, uint64_t seed) {
+void expect_matches_cpu_once(const Shape& shape, DType dtype, DType rstd_dtype, uint64_t seed) {
   const int64_t dim = shape.back(), rows = shape_numel(shape) / dim;
   const double eps = eps_for(dim);
   const Tensor x = random_input(shape, seed), w = random_input({dim}, seed + 1, 0.5, 1.0),
@@ -55,6 +55,12 @@ void expect_matches_cpu(const Shape& shape, DType dtype, DType rstd_dtype, uint6
   expect_close(tag + "rstd", grstd, rstd, tol);
   expect_close(tag + "dx", gdx, dx, tol);
   expect_close(tag + "dw", gdw, dw, tol);
+}
+
+// The above for every version of the GPU kernels (core/kernel_versions.h).
+void expect_matches_cpu(const Shape& shape, DType dtype, DType rstd_dtype, uint64_t seed) {
+  test::for_each_kernel_version("rmsnorm",
+                                [&] { expect_matches_cpu_once(shape, dtype, rstd_dtype, seed); });
 }
 
 TEST(CudaRmsnorm, MatchesCpuForEveryRowCountAndWidth) {

@@ -58,11 +58,13 @@ struct alignas(sizeof(T) * kVec) Pack {
 };
 
 // Calls f(Pack<T, 16 / sizeof(T)>{}) where `count` (elements a kernel walks in packs) and every
-// tensor's base address allow 16-byte packs, else f(Pack<T, 1>{}).
+// tensor's base address allow 16-byte packs, and `wide` (a kernel playground switch), else
+// f(Pack<T, 1>{}).
 template <class T, class F>
-void with_pack(int64_t count, std::initializer_list<const Tensor*> tensors, F&& f) {
+void with_pack(int64_t count, std::initializer_list<const Tensor*> tensors, F&& f,
+               bool wide = true) {
   constexpr int kVec = 16 / sizeof(T);
-  bool vec = count % kVec == 0;
+  bool vec = wide && count % kVec == 0;
   for (const Tensor* t : tensors) vec = vec && reinterpret_cast<uintptr_t>(t->raw()) % 16 == 0;
   if (vec)
     f(Pack<T, kVec>{});

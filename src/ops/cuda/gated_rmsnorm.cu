@@ -7,6 +7,7 @@
 #include <climits>
 #include <string>
 
+#include "core/kernel_versions.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/reduce.cuh"
 #include "ops/gated_rmsnorm.h"
@@ -186,7 +187,7 @@ void gated_rmsnorm_forward(const Tensor& x, const Tensor& z, const Tensor& w, in
               ptr<T>(x), ptr<T>(z), ptr<T>(w), float(eps), channels, groups, ptr<T>(y),
               ptr<R>(rstd));
       NH_CUDA_CHECK_LAUNCH();
-    });
+    }, kernel_version("gated_rmsnorm") == 0);
   });
 }
 
@@ -217,7 +218,7 @@ void gated_rmsnorm_backward(const Tensor& x, const Tensor& z, const Tensor& w, i
               ptr<T>(x), ptr<T>(z), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), channels, groups,
               ptr<T>(dx), ptr<T>(dz));
       NH_CUDA_CHECK_LAUNCH();
-    });
+    }, kernel_version("gated_rmsnorm") == 0);
     const dim3 grid(blocks_for(channels, kThreads), unsigned(chunks));
     gated_rmsnorm_dw_partial_kernel<T, R>
         <<<grid, kThreads, 0, stream()>>>(ptr<T>(x), ptr<T>(z), ptr<R>(rstd), ptr<T>(dy), rows,

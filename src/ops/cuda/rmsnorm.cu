@@ -5,6 +5,7 @@
 #include <climits>
 #include <string>
 
+#include "core/kernel_versions.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/reduce.cuh"
 #include "ops/rmsnorm.h"
@@ -151,7 +152,7 @@ void launch_forward(const Tensor& x, const Tensor& delta, const Tensor& w, doubl
           ptr<T>(x), delta.defined() ? ptr<T>(delta) : nullptr, ptr<T>(w), float(eps), dim,
           ptr<T>(y), ptr<R>(rstd));
       NH_CUDA_CHECK_LAUNCH();
-    });
+    }, kernel_version("rmsnorm") == 0);
   });
 }
 
@@ -189,7 +190,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
           <<<unsigned(rows), row_threads(dim / kVec), 0, stream()>>>(
               ptr<T>(x), ptr<T>(w), ptr<R>(rstd), ptr<T>(dy), dim, ptr<T>(dx));
       NH_CUDA_CHECK_LAUNCH();
-    });
+    }, kernel_version("rmsnorm") == 0);
     const dim3 grid(blocks_for(dim, kThreads), unsigned(chunks));
     rmsnorm_dw_partial_kernel<T, R><<<grid, kThreads, 0, stream()>>>(
         ptr<T>(x), ptr<R>(rstd), ptr<T>(dy), rows, dim, rows_per_chunk, ptr<float>(partial));
