@@ -48,7 +48,7 @@ template <int kRows, int kD>
 __device__ void store_rows(const bf16* src, int n, int head_dim, bf16* __restrict__ dst,
                            int64_t stride) {
   constexpr int kChunks = kD / 8;
-  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, e = idx % kChunks * 8;
     if (r < n && e < head_dim)
       *reinterpret_cast<uint4*>(dst + r * stride + e) =
@@ -62,7 +62,7 @@ template <int kRows, int kD>
 __device__ void load_rows(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
                           bf16* dst) {
   constexpr int kChunks = kD / 8;
-  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, e = idx % kChunks * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < n && e < head_dim) v = *reinterpret_cast<const uint4*>(src + r * stride + e);
@@ -75,7 +75,7 @@ template <int kRows, int kD>
 __device__ void load_rows_async(const bf16* __restrict__ src, int64_t stride, int n, int head_dim,
                                 bf16* dst) {
   constexpr int kChunks = kD / 8;
-  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, e = idx % kChunks * 8;
     bf16* to = dst + r * row_stride<kD>() + e;
     if (r < n && e < head_dim)
@@ -105,11 +105,13 @@ __device__ __forceinline__ int tile_row(int w, int i) { return (4 * i + w) * kWa
 
 constexpr int block_rows(int row_tiles) { return 4 * kWarpRows * row_tiles; }
 
-// s[i][j] (the 16 × 8 tiles of a warp's products) = A_i · Bᵀ with A_i the warp's row tile i of
-// tile `a` and B rows [0, 8·kN) of tile `b`, both [rows][kD]. Each B fragment is loaded once for
-// all kM row tiles: the more rows a warp owns, the fewer shared-memory reads per product.
+// s[i][j] (the 16 × 8 tiles of a warp's products) = A_i · Bᵀ with A_i rows a_row + i·a_step …
+// (16 of them) of tile `a` and B rows b_row … b_row + 8·kN of tile `b`, both [rows][kD]. Each B
+// fragment is loaded once for all kM row tiles: the more rows a warp owns, the fewer
+// shared-memory reads per product.
 template <int kD, int kM, int kN>
-__device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kM][kN][4]) {
+__device__ void product_abt(const bf16* a, int a_row, int a_step, const bf16* b, int b_row,
+                            float (&s)[kM][kN][4]) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
@@ -118,11 +120,11 @@ __device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kM][
   for (int kk = 0; kk < kD; kk += 16) {
     uint32_t af[kM][4];
 #pragma unroll
-    for (int i = 0; i < kM; ++i) load_a(a, row_stride<kD>(), tile_row(w, i), kk, af[i]);
+    for (int i = 0; i < kM; ++i) load_a(a, row_stride<kD>(), a_row + i * a_step, kk, af[i]);
 #pragma unroll
     for (int j = 0; j < kN; j += 2) {
       uint32_t bf[2][2];
-      load_b_transposed(b, row_stride<kD>(), j * 8, kk, bf);
+      load_b_transposed(b, row_stride<kD>(), b_row + j * 8, kk, bf);
 #pragma unroll
       for (int i = 0; i < kM; ++i) {
         mma_bf16(s[i][j], af[i], bf[0]);
@@ -130,6 +132,12 @@ __device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kM][
       }
     }
   }
+}
+
+// product_abt with A_i the warp's row tile i (tile_row) and B rows [0, 8·kN).
+template <int kD, int kM, int kN>
+__device__ void product_abt(const bf16* a, const bf16* b, int w, float (&s)[kM][kN][4]) {
+  product_abt<kD, kM, kN>(a, tile_row(w, 0), 4 * kWarpRows, b, 0, s);
 }
 
 // acc[i] (16 × kD) += P_i · X with P_i the warp's 16 × 8·kN fragments of row tile i and X rows
@@ -387,15 +395,42 @@ __global__ void __launch_bounds__(kThreads)
   store_rows<kRows, kD>(q_s, rows.nq, d.head_dim, dq + at(d, b, rows.q0, d.q_heads, h), q_stride);
 }
 
-// One query tile of the dk/dv kernel's walk in shared memory: q and dout rows, lse₂, delta and
+// One query tile of the dk/dv kernels' walk in shared memory: q and dout rows, lse, delta and
 // doc_start per query. Two of them alternate: the next lands while the current is used.
-template <int kD>
+template <int kD, int kRows>
 struct QueryTile {
-  bf16 q[kQueryStep * row_stride<kD>()];
-  bf16 dout[kQueryStep * row_stride<kD>()];
-  float lse[kQueryStep], delta[kQueryStep];
-  int first[kQueryStep];
+  bf16 q[kRows * row_stride<kD>()];
+  bf16 dout[kRows * row_stride<kD>()];
+  float lse[kRows], delta[kRows];
+  int first[kRows];
 };
+
+// Issues the copies of queries [t0, min(t0 + kRows, q_hi)) of q head h into `tile` and commits
+// them (with any copies issued before) as one cp.async group.
+template <int kD, int kRows>
+__device__ void load_query_tile_async(const bf16* q, const bf16* dout, const float* lse,
+                                      const float* delta, const int* doc_start, const AttnDims& d,
+                                      int b, int h, int t0, int q_hi, QueryTile<kD, kRows>& tile) {
+  const int nt = min(kRows, q_hi - t0);
+  const int64_t row0 = int64_t(b) * d.seqlen, q_stride = int64_t(d.q_heads) * d.head_dim;
+  const int64_t stat0 = (int64_t(b) * d.q_heads + h) * d.seqlen + t0;
+  load_rows_async<kRows, kD>(q + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim, tile.q);
+  load_rows_async<kRows, kD>(dout + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
+                             tile.dout);
+  for (int i = threadIdx.x; i < kRows; i += blockDim.x) {
+    if (i < nt) {
+      cp_async4(&tile.lse[i], lse + stat0 + i);
+      cp_async4(&tile.delta[i], delta + stat0 + i);
+    } else {
+      tile.lse[i] = tile.delta[i] = 0.f;
+    }
+    if (i < nt && doc_start)
+      cp_async4(&tile.first[i], doc_start + row0 + t0 + i);
+    else
+      tile.first[i] = i < nt ? 0 : d.seqlen;  // past the tile: no key is visible
+  }
+  cp_async_commit();
+}
 
 template <int kD>
 __global__ void __launch_bounds__(kThreads)
@@ -408,12 +443,13 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* k_s = reinterpret_cast<bf16*>(smem);
   bf16* v_s = k_s + kTile * kS;
-  QueryTile<kD>* tiles = reinterpret_cast<QueryTile<kD>*>(v_s + kTile * kS);
+  using Tile = QueryTile<kD, kQueryStep>;
+  Tile* tiles = reinterpret_cast<Tile*>(v_s + kTile * kS);
   const Lane l;
   const int w = threadIdx.x / 32;
   const int k0 = blockIdx.x * kTile, kh = blockIdx.y, b = blockIdx.z;
   const int group = d.q_heads / d.kv_heads, nk = min(kTile, d.seqlen - k0);
-  const int64_t row0 = int64_t(b) * d.seqlen, q_stride = int64_t(d.q_heads) * d.head_dim;
+  const int64_t row0 = int64_t(b) * d.seqlen;
   const int64_t kv_stride = int64_t(d.kv_heads) * d.head_dim;
   load_rows<kTile, kD>(k + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, k_s);
   load_rows<kTile, kD>(v + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim, v_s);
@@ -424,29 +460,11 @@ __global__ void __launch_bounds__(kThreads)
   const int key[2] = {k0 + w * kWarpRows + l.g, k0 + w * kWarpRows + l.g + 8};
   const int q_lo = k0, q_hi = doc_end ? doc_end[row0 + k0 + nk - 1] : d.seqlen;
   const int q_tiles = (q_hi - q_lo + kQueryStep - 1) / kQueryStep, steps = group * q_tiles;
-  // Issues the copies of step s into tiles[s % 2] (lse pre-scaled to base 2 when it is used).
+  // Issues the copies of step s into tiles[s % 2].
   auto issue = [&](int s) {
-    QueryTile<kD>& tile = tiles[s % 2];
-    const int h = kh * group + s / q_tiles, t0 = q_lo + s % q_tiles * kQueryStep;
-    const int nt = min(kQueryStep, q_hi - t0);
-    const int64_t stat0 = (int64_t(b) * d.q_heads + h) * d.seqlen + t0;
-    load_rows_async<kQueryStep, kD>(q + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
-                                    tile.q);
-    load_rows_async<kQueryStep, kD>(dout + at(d, b, t0, d.q_heads, h), q_stride, nt, d.head_dim,
-                                    tile.dout);
-    for (int i = threadIdx.x; i < kQueryStep; i += kThreads) {
-      if (i < nt) {
-        cp_async4(&tile.lse[i], lse + stat0 + i);
-        cp_async4(&tile.delta[i], delta + stat0 + i);
-      } else {
-        tile.lse[i] = tile.delta[i] = 0.f;
-      }
-      if (i < nt && doc_start)
-        cp_async4(&tile.first[i], doc_start + row0 + t0 + i);
-      else
-        tile.first[i] = i < nt ? 0 : d.seqlen;  // past the tile: no key is visible
-    }
-    cp_async_commit();
+    load_query_tile_async<kD, kQueryStep>(q, dout, lse, delta, doc_start, d, b,
+                                          kh * group + s / q_tiles,
+                                          q_lo + s % q_tiles * kQueryStep, q_hi, tiles[s % 2]);
   };
 
   float dk_acc[1][kD / 8][4] = {}, dv_acc[1][kD / 8][4] = {};
@@ -458,7 +476,7 @@ __global__ void __launch_bounds__(kThreads)
       cp_async_commit();  // an empty group keeps the wait below uniform
     cp_async_wait<1>();
     __syncthreads();  // step s's tile (and, at s = 0, k_s and v_s) is in place
-    const QueryTile<kD>& tile = tiles[s % 2];
+    const Tile& tile = tiles[s % 2];
     const int t0 = q_lo + s % q_tiles * kQueryStep;
     float p[1][kN][4], dp[1][kN][4];
     product_abt<kD, 1, kN>(k_s, tile.q, w, p);      // sᵀ: keys × queries
@@ -487,6 +505,134 @@ __global__ void __launch_bounds__(kThreads)
   store_rows<kTile, kD>(v_s, nk, d.head_dim, dv + at(d, b, k0, d.kv_heads, kh), kv_stride);
 }
 
+// dk and dv with 128 keys and 8 warps per block, in the manner of FlashAttention-2's backward.
+// For each query step of 64, phase 1 has warp (a, c) = (w / 2, w % 2) form Sᵀ and dPᵀ for keys
+// 32a … 32a + 31 and queries 32c … 32c + 31 (two row tiles sharing each B fragment) and put P
+// and dS in shared memory in bf16; phase 2 has it accumulate dv += Pᵀ·dout and dk += dSᵀ·q for
+// those keys and dims [kD/2·c, kD/2·(c + 1)). Each fragment it loads feeds about 2.3 products,
+// against 1.6 in flash_dkdv_kernel, whose warps own 16 keys and every dim.
+constexpr int kWideKeys = 128, kWideStep = 64, kWideThreads = 256;
+
+template <int kD>
+struct WideDkDvShared {
+  static constexpr int kS = row_stride<kD>(), kPS = kWideStep + 8;  // P and dS row stride
+  bf16 k[kWideKeys * kS], v[kWideKeys * kS];
+  bf16 p[kWideKeys * kPS], ds[kWideKeys * kPS];  // Pᵀ and dSᵀ: [keys][queries of the step]
+  QueryTile<kD, kWideStep> tiles[2];
+};
+
+template <int kD>
+__global__ void __launch_bounds__(kWideThreads, 1)
+    flash_dkdv_wide_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                           const bf16* __restrict__ v, const int* __restrict__ doc_start,
+                           const int* __restrict__ doc_end, const float* __restrict__ lse,
+                           const float* __restrict__ delta, const bf16* __restrict__ dout,
+                           AttnDims d, float scale, bf16* __restrict__ dk,
+                           bf16* __restrict__ dv) {
+  using Shared = WideDkDvShared<kD>;
+  constexpr int kS = Shared::kS, kPS = Shared::kPS, kHalf = kD / 2;
+  extern __shared__ __align__(16) unsigned char smem[];
+  Shared& sh = *reinterpret_cast<Shared*>(smem);
+  const Lane l;
+  const int w = threadIdx.x / 32, wa = w / 2, wc = w % 2;
+  const int k0 = blockIdx.x * kWideKeys, kh = blockIdx.y, b = blockIdx.z;
+  const int group = d.q_heads / d.kv_heads, nk = min(kWideKeys, d.seqlen - k0);
+  const int64_t kv_stride = int64_t(d.kv_heads) * d.head_dim;
+  // Committed with the first query tile.
+  load_rows_async<kWideKeys, kD>(k + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim,
+                                 sh.k);
+  load_rows_async<kWideKeys, kD>(v + at(d, b, k0, d.kv_heads, kh), kv_stride, nk, d.head_dim,
+                                 sh.v);
+  const float scale_log2 = scale * kLog2e;
+  // As flash_dkdv_kernel: every q head of the group, each over the query tiles [q_lo, q_hi).
+  const int q_lo = k0, q_hi = doc_end ? doc_end[int64_t(b) * d.seqlen + k0 + nk - 1] : d.seqlen;
+  const int q_tiles = (q_hi - q_lo + kWideStep - 1) / kWideStep, steps = group * q_tiles;
+  auto issue = [&](int s) {
+    load_query_tile_async<kD, kWideStep>(q, dout, lse, delta, doc_start, d, b,
+                                         kh * group + s / q_tiles,
+                                         q_lo + s % q_tiles * kWideStep, q_hi, sh.tiles[s % 2]);
+  };
+  const int key_row = 32 * wa, query_row = 32 * wc;  // the warp's keys and queries in phase 1
+
+  float dk_acc[2][kHalf / 8][4] = {}, dv_acc[2][kHalf / 8][4] = {};
+  issue(0);
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<0>();
+    __syncthreads();  // step s's tile landed, and every warp is done with step s − 1
+    if (s + 1 < steps) issue(s + 1);
+    const QueryTile<kD, kWideStep>& tile = sh.tiles[s % 2];
+    const int t0 = q_lo + s % q_tiles * kWideStep;
+    float p[2][4][4], dp[2][4][4];
+    product_abt<kD, 2, 4>(sh.k, key_row, kWarpRows, tile.q, query_row, p);      // Sᵀ
+    product_abt<kD, 2, 4>(sh.v, key_row, kWarpRows, tile.dout, query_row, dp);  // dPᵀ
+    // No mask where every query of the step comes after every key and the last query's document
+    // (the latest) starts at or before k0; a partial tile's padding has first = seqlen.
+    const bool masked = t0 < k0 + kWideKeys - 1 || tile.first[kWideStep - 1] > k0;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = query_row + j * 8 + 2 * l.c + (e & 1);
+          const int key = k0 + key_row + i * kWarpRows + l.g + 8 * (e / 2);
+          const bool visible = !masked || (key <= t0 + qi && key >= tile.first[qi]);
+          p[i][j][e] = visible ? exp2f(p[i][j][e] * scale_log2 - tile.lse[qi] * kLog2e) : 0.f;
+          dp[i][j][e] = p[i][j][e] * (dp[i][j][e] - tile.delta[qi]);  // dSᵀ
+        }
+        const int r = key_row + i * kWarpRows + l.g, c = query_row + j * 8 + 2 * l.c;
+        *reinterpret_cast<uint32_t*>(&sh.p[r * kPS + c]) = pack_bf16(p[i][j][0], p[i][j][1]);
+        *reinterpret_cast<uint32_t*>(&sh.p[(r + 8) * kPS + c]) = pack_bf16(p[i][j][2], p[i][j][3]);
+        *reinterpret_cast<uint32_t*>(&sh.ds[r * kPS + c]) = pack_bf16(dp[i][j][0], dp[i][j][1]);
+        *reinterpret_cast<uint32_t*>(&sh.ds[(r + 8) * kPS + c]) =
+            pack_bf16(dp[i][j][2], dp[i][j][3]);
+      }
+    __syncthreads();  // the step's Pᵀ and dSᵀ are complete
+#pragma unroll
+    for (int ks = 0; ks < kWideStep; ks += 16) {
+      uint32_t pa[2][4], sa[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        load_a(sh.p, kPS, key_row + i * kWarpRows, ks, pa[i]);
+        load_a(sh.ds, kPS, key_row + i * kWarpRows, ks, sa[i]);
+      }
+#pragma unroll
+      for (int n = 0; n < kHalf / 8; n += 2) {
+        uint32_t bf[2][2];
+        load_b(tile.dout, kS, ks, kHalf * wc + n * 8, bf);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma_bf16(dv_acc[i][n], pa[i], bf[0]);
+          mma_bf16(dv_acc[i][n + 1], pa[i], bf[1]);
+        }
+        load_b(tile.q, kS, ks, kHalf * wc + n * 8, bf);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma_bf16(dk_acc[i][n], sa[i], bf[0]);
+          mma_bf16(dk_acc[i][n + 1], sa[i], bf[1]);
+        }
+      }
+    }
+  }
+  __syncthreads();  // k and v become the staging tiles of dk and dv
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int n = 0; n < kHalf / 8; ++n) {
+      const int r = key_row + i * kWarpRows + l.g, c = kHalf * wc + n * 8 + 2 * l.c;
+      *reinterpret_cast<uint32_t*>(&sh.k[r * kS + c]) =
+          pack_bf16(dk_acc[i][n][0] * scale, dk_acc[i][n][1] * scale);
+      *reinterpret_cast<uint32_t*>(&sh.k[(r + 8) * kS + c]) =
+          pack_bf16(dk_acc[i][n][2] * scale, dk_acc[i][n][3] * scale);
+      *reinterpret_cast<uint32_t*>(&sh.v[r * kS + c]) = pack_bf16(dv_acc[i][n][0], dv_acc[i][n][1]);
+      *reinterpret_cast<uint32_t*>(&sh.v[(r + 8) * kS + c]) =
+          pack_bf16(dv_acc[i][n][2], dv_acc[i][n][3]);
+    }
+  __syncthreads();
+  store_rows<kWideKeys, kD>(sh.k, nk, d.head_dim, dk + at(d, b, k0, d.kv_heads, kh), kv_stride);
+  store_rows<kWideKeys, kD>(sh.v, nk, d.head_dim, dv + at(d, b, k0, d.kv_heads, kh), kv_stride);
+}
+
 template <int kD, int kM, int kKeys>
 constexpr size_t forward_smem() {
   return (block_rows(kM) + 4 * kKeys) * row_stride<kD>() * sizeof(bf16);
@@ -497,7 +643,7 @@ constexpr size_t dq_smem() {
 }
 template <int kD>
 constexpr size_t dkdv_smem() {
-  return 2 * kTile * row_stride<kD>() * sizeof(bf16) + 2 * sizeof(QueryTile<kD>);
+  return 2 * kTile * row_stride<kD>() * sizeof(bf16) + 2 * sizeof(QueryTile<kD, kQueryStep>);
 }
 
 template <class F>
@@ -546,9 +692,16 @@ void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const
       launch_dq(flash_dq_kernel<kD, 2, 32>, block_rows(2), dq_smem<kD, 2, 32>());
     else
       launch_dq(flash_dq_kernel<kD, 1, kTile>, block_rows(1), dq_smem<kD, 1, kTile>());
-    launch_with_smem(flash_dkdv_kernel<kD>, dim3(blocks_for(d.seqlen, kTile), d.kv_heads, d.batch),
-                     kThreads, dkdv_smem<kD>(), q, k, v, doc_start, doc_end, lse, delta, dout, d,
-                     scale, dk, dv);
+    if (row_tiles == 2)
+      launch_with_smem(flash_dkdv_wide_kernel<kD>,
+                       dim3(blocks_for(d.seqlen, kWideKeys), d.kv_heads, d.batch), kWideThreads,
+                       sizeof(WideDkDvShared<kD>), q, k, v, doc_start, doc_end, lse, delta, dout,
+                       d, scale, dk, dv);
+    else
+      launch_with_smem(flash_dkdv_kernel<kD>,
+                       dim3(blocks_for(d.seqlen, kTile), d.kv_heads, d.batch), kThreads,
+                       dkdv_smem<kD>(), q, k, v, doc_start, doc_end, lse, delta, dout, d, scale,
+                       dk, dv);
   });
 }
 
