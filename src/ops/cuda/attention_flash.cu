@@ -192,6 +192,22 @@ __device__ void load_key_tile_async(const bf16* k, const bf16* v, const AttnDims
   cp_async_commit();
 }
 
+// The step of the forward's and dq's walk over key tiles of kKeys from kv_lo: issues tile t + 1
+// into the other half of k_s and v_s (two tiles each), or an empty group after the last tile, then
+// waits until every thread's copies of tile t have landed. Returns tile t's first key.
+template <int kKeys, int kD>
+__device__ int next_key_tile(const bf16* k, const bf16* v, const AttnDims& d, int b, int kh,
+                             int kv_lo, int kv_hi, int t, int tiles, bf16* k_s, bf16* v_s) {
+  const int k0 = kv_lo + t * kKeys, next = (t + 1) % 2 * kKeys * row_stride<kD>();
+  if (t + 1 < tiles)
+    load_key_tile_async<kKeys, kD>(k, v, d, b, kh, k0 + kKeys, kv_hi, k_s + next, v_s + next);
+  else
+    cp_async_commit();  // an empty group keeps the wait below uniform
+  cp_async_wait<1>();
+  __syncthreads();
+  return k0;
+}
+
 // What the forward and dq kernels know of the query rows a block owns and the keys they walk.
 // A thread's rows and their documents' starts are recomputed where a tile is masked rather than
 // held in registers, which the kernels need for their accumulators.
@@ -246,14 +262,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int i = 0; i < kM; ++i) m[i][0] = m[i][1] = -INFINITY;
   for (int t = 0; t < tiles; ++t) {
-    const int k0 = rows.kv_lo + t * kKeys, next = (t + 1) % 2 * kKeys * kS;
-    if (t + 1 < tiles)
-      load_key_tile_async<kKeys, kD>(k, v, d, b, kh, k0 + kKeys, rows.kv_hi, k_s + next,
-                                     v_s + next);
-    else
-      cp_async_commit();  // an empty group keeps the wait below uniform
-    cp_async_wait<1>();
-    __syncthreads();  // tile t (and at t = 0 the queries) is in place
+    // Tile t (and at t = 0 the queries) is in place.
+    const int k0 =
+        next_key_tile<kKeys, kD>(k, v, d, b, kh, rows.kv_lo, rows.kv_hi, t, tiles, k_s, v_s);
     const bf16* k_t = k_s + t % 2 * kKeys * kS;
     const bf16* v_t = v_s + t % 2 * kKeys * kS;
     float s[kM][kN][4];
@@ -362,14 +373,8 @@ __global__ void __launch_bounds__(kThreads)
 
   float acc[kM][kD / 8][4] = {};
   for (int t = 0; t < tiles; ++t) {
-    const int k0 = rows.kv_lo + t * kKeys, next = (t + 1) % 2 * kKeys * kS;
-    if (t + 1 < tiles)
-      load_key_tile_async<kKeys, kD>(k, v, d, b, kh, k0 + kKeys, rows.kv_hi, k_s + next,
-                                     v_s + next);
-    else
-      cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    const int k0 =
+        next_key_tile<kKeys, kD>(k, v, d, b, kh, rows.kv_lo, rows.kv_hi, t, tiles, k_s, v_s);
     const bf16* k_t = k_s + t % 2 * kKeys * kS;
     const bf16* v_t = v_s + t % 2 * kKeys * kS;
     float p[kM][kN][4], dp[kM][kN][4];
