@@ -163,21 +163,28 @@ __device__ void accumulate_px(const float (&p)[kM][kN][4], const bf16* x,
   }
 }
 
+// C fragments c[i][n] (16 × 8 each) of a warp, scaled and rounded to bf16, into a tile of row
+// stride `stride`: row tile i at rows row0 + i·row_step …, column tile n at columns col0 + 8n ….
+template <int kM, int kN>
+__device__ void store_fragments(const float (&c)[kM][kN][4], float scale, int row0, int row_step,
+                                int col0, int stride, const Lane& l, bf16* tile) {
+#pragma unroll
+  for (int i = 0; i < kM; ++i) {
+    bf16* p = tile + (row0 + i * row_step + l.g) * stride + col0 + 2 * l.c;
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      *reinterpret_cast<uint32_t*>(p + n * 8) = pack_bf16(c[i][n][0] * scale, c[i][n][1] * scale);
+      *reinterpret_cast<uint32_t*>(p + 8 * stride + n * 8) =
+          pack_bf16(c[i][n][2] * scale, c[i][n][3] * scale);
+    }
+  }
+}
+
 // C fragments of a warp's row tiles (16 × kD each), scaled, into their rows of a tile.
 template <int kD, int kM>
 __device__ void stage_rows(const float (&acc)[kM][kD / 8][4], float scale, int w, const Lane& l,
                            bf16* tile) {
-#pragma unroll
-  for (int i = 0; i < kM; ++i) {
-    bf16* p = tile + (tile_row(w, i) + l.g) * row_stride<kD>() + 2 * l.c;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(p + n * 8) =
-          pack_bf16(acc[i][n][0] * scale, acc[i][n][1] * scale);
-      *reinterpret_cast<uint32_t*>(p + 8 * row_stride<kD>() + n * 8) =
-          pack_bf16(acc[i][n][2] * scale, acc[i][n][3] * scale);
-    }
-  }
+  store_fragments(acc, scale, tile_row(w, 0), 4 * kWarpRows, 0, row_stride<kD>(), l, tile);
 }
 
 // Issues the copies of keys and values [k0, min(k0 + kKeys, kv_hi)) of KV head kh into k_s and
@@ -408,6 +415,21 @@ struct QueryTile {
   bf16 dout[kRows * row_stride<kD>()];
   float lse[kRows], delta[kRows];
   int first[kRows];
+
+  // Whether the tile, queries t0 …, needs the mask against keys [k0, k0 + keys): unless every
+  // query comes after every key and the last query's document (the latest) starts at or before
+  // k0. A partial tile's padding has first = seqlen.
+  __device__ bool masked(int t0, int k0, int keys) const {
+    return t0 < k0 + keys - 1 || first[kRows - 1] > k0;
+  }
+  // pᵀ and dsᵀ of key `key` and query i of the tile (t0 + i), from s = q·k and dp = dout·v,
+  // with the mask applied when `masked`.
+  __device__ void gradients(bool masked, int key, int i, int t0, float scale_log2, float& s,
+                            float& dp) const {
+    const bool visible = !masked || (key <= t0 + i && key >= first[i]);
+    s = visible ? exp2f(s * scale_log2 - lse[i] * kLog2e) : 0.f;
+    dp = s * (dp - delta[i]);
+  }
 };
 
 // Issues the copies of queries [t0, min(t0 + kRows, q_hi)) of q head h into `tile` and commits
@@ -486,18 +508,13 @@ __global__ void __launch_bounds__(kThreads)
     float p[1][kN][4], dp[1][kN][4];
     product_abt<kD, 1, kN>(k_s, tile.q, w, p);      // sᵀ: keys × queries
     product_abt<kD, 1, kN>(v_s, tile.dout, w, dp);  // dPᵀ
-    // No mask where every query of the tile comes after every key and the last query's document
-    // (the latest) starts at or before k0; a partial tile's padding has first = seqlen.
-    const bool masked = t0 < k0 + kTile - 1 || tile.first[kQueryStep - 1] > k0;
+    const bool masked = tile.masked(t0, k0, kTile);
 #pragma unroll
     for (int j = 0; j < kN; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = j * 8 + 2 * l.c + (e & 1), query = t0 + i, kr = key[e / 2];
-        const bool visible = !masked || (kr <= query && kr >= tile.first[i]);
-        p[0][j][e] = visible ? exp2f(p[0][j][e] * scale_log2 - tile.lse[i] * kLog2e) : 0.f;
-        dp[0][j][e] = p[0][j][e] * (dp[0][j][e] - tile.delta[i]);  // dSᵀ
-      }
+      for (int e = 0; e < 4; ++e)  // pᵀ and dSᵀ
+        tile.gradients(masked, key[e / 2], j * 8 + 2 * l.c + (e & 1), t0, scale_log2, p[0][j][e],
+                       dp[0][j][e]);
     accumulate_px<kD, 1, kN>(p, tile.dout, dv_acc);
     accumulate_px<kD, 1, kN>(dp, tile.q, dk_acc);
     __syncthreads();  // everyone is done with tiles[s % 2] before step s + 2 refills it
@@ -570,28 +587,18 @@ __global__ void __launch_bounds__(kWideThreads, 1)
     float p[2][4][4], dp[2][4][4];
     product_abt<kD, 2, 4>(sh.k, key_row, kWarpRows, tile.q, query_row, p);      // Sᵀ
     product_abt<kD, 2, 4>(sh.v, key_row, kWarpRows, tile.dout, query_row, dp);  // dPᵀ
-    // No mask where every query of the step comes after every key and the last query's document
-    // (the latest) starts at or before k0; a partial tile's padding has first = seqlen.
-    const bool masked = t0 < k0 + kWideKeys - 1 || tile.first[kWideStep - 1] > k0;
+    const bool masked = tile.masked(t0, k0, kWideKeys);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = query_row + j * 8 + 2 * l.c + (e & 1);
-          const int key = k0 + key_row + i * kWarpRows + l.g + 8 * (e / 2);
-          const bool visible = !masked || (key <= t0 + qi && key >= tile.first[qi]);
-          p[i][j][e] = visible ? exp2f(p[i][j][e] * scale_log2 - tile.lse[qi] * kLog2e) : 0.f;
-          dp[i][j][e] = p[i][j][e] * (dp[i][j][e] - tile.delta[qi]);  // dSᵀ
-        }
-        const int r = key_row + i * kWarpRows + l.g, c = query_row + j * 8 + 2 * l.c;
-        *reinterpret_cast<uint32_t*>(&sh.p[r * kPS + c]) = pack_bf16(p[i][j][0], p[i][j][1]);
-        *reinterpret_cast<uint32_t*>(&sh.p[(r + 8) * kPS + c]) = pack_bf16(p[i][j][2], p[i][j][3]);
-        *reinterpret_cast<uint32_t*>(&sh.ds[r * kPS + c]) = pack_bf16(dp[i][j][0], dp[i][j][1]);
-        *reinterpret_cast<uint32_t*>(&sh.ds[(r + 8) * kPS + c]) =
-            pack_bf16(dp[i][j][2], dp[i][j][3]);
-      }
+        for (int e = 0; e < 4; ++e)  // pᵀ and dSᵀ
+          tile.gradients(masked, k0 + key_row + i * kWarpRows + l.g + 8 * (e / 2),
+                         query_row + j * 8 + 2 * l.c + (e & 1), t0, scale_log2, p[i][j][e],
+                         dp[i][j][e]);
+    store_fragments(p, 1.f, key_row, kWarpRows, query_row, kPS, l, sh.p);
+    store_fragments(dp, 1.f, key_row, kWarpRows, query_row, kPS, l, sh.ds);
     __syncthreads();  // the step's Pᵀ and dSᵀ are complete
 #pragma unroll
     for (int ks = 0; ks < kWideStep; ks += 16) {
@@ -620,19 +627,8 @@ __global__ void __launch_bounds__(kWideThreads, 1)
     }
   }
   __syncthreads();  // k and v become the staging tiles of dk and dv
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int n = 0; n < kHalf / 8; ++n) {
-      const int r = key_row + i * kWarpRows + l.g, c = kHalf * wc + n * 8 + 2 * l.c;
-      *reinterpret_cast<uint32_t*>(&sh.k[r * kS + c]) =
-          pack_bf16(dk_acc[i][n][0] * scale, dk_acc[i][n][1] * scale);
-      *reinterpret_cast<uint32_t*>(&sh.k[(r + 8) * kS + c]) =
-          pack_bf16(dk_acc[i][n][2] * scale, dk_acc[i][n][3] * scale);
-      *reinterpret_cast<uint32_t*>(&sh.v[r * kS + c]) = pack_bf16(dv_acc[i][n][0], dv_acc[i][n][1]);
-      *reinterpret_cast<uint32_t*>(&sh.v[(r + 8) * kS + c]) =
-          pack_bf16(dv_acc[i][n][2], dv_acc[i][n][3]);
-    }
+  store_fragments(dk_acc, scale, key_row, kWarpRows, kHalf * wc, kS, l, sh.k);
+  store_fragments(dv_acc, 1.f, key_row, kWarpRows, kHalf * wc, kS, l, sh.v);
   __syncthreads();
   store_rows<kWideKeys, kD>(sh.k, nk, d.head_dim, dk + at(d, b, k0, d.kv_heads, kh), kv_stride);
   store_rows<kWideKeys, kD>(sh.v, nk, d.head_dim, dv + at(d, b, k0, d.kv_heads, kh), kv_stride);
